@@ -1,0 +1,6 @@
+"""Test session setup: float64 everywhere (precision is the point of most checks), no silent rank promotion."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
