@@ -1,0 +1,146 @@
+"""One module per lecture figure; this package is their registry.
+
+``describe()`` lists them, ``run(names, quick=...)`` runs them, ``report(out_dir)`` writes the gallery.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+from experiments import _common
+
+__all__ = ["NAMES", "describe", "load", "report", "run"]
+
+# Lecture order. Each entry is a module experiments/NAME.py.
+NAMES = (
+    "activations",
+    "linear_collapse",
+    "mnist_mlp",
+    "sparsity",
+    "backprop",
+    "tiny_example",
+    "optimizers",
+    "saddle_points",
+    "scaling_symmetry",
+    "signal_propagation",
+    "initialization",
+    "gradient_clipping",
+    "batchnorm",
+    "transformations",
+    "hessian_spectrum",
+    "spectral_density",
+    "newton_eigen",
+    "landscape",
+)
+
+
+def available() -> list[str]:
+    """Registered experiments whose module exists in this checkout, in lecture order."""
+    here = Path(__file__).parent
+    return [name for name in NAMES if (here / f"{name}.py").exists()]
+
+
+def load(name: str):
+    """Import the experiment module ``name``; ValueError listing the valid names otherwise."""
+    if name not in available():
+        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(available())}")
+    return importlib.import_module(f"experiments.{name}")
+
+
+def describe() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` for every experiment."""
+    return [(name, load(name).DESCRIPTION) for name in available()]
+
+
+def _expand(names) -> list[str]:
+    names = list(names) or ["all"]
+    out = []
+    for name in names:
+        for item in available() if name == "all" else [name]:
+            load(item)  # validates the name before anything runs
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progress=True) -> list[dict]:
+    """Run experiments by name (``"all"`` for every one) and return their saved results.
+
+    Args:
+        names: experiment names, or ``["all"]``.
+        quick: use each module's QUICK config (offline, seconds) instead of FULL.
+        dataset, data_dir: override the data set of experiments that load one.
+        out_dir: where JSON and figures go (default ``figures/``, or ``figures/quick/`` when quick).
+    """
+    from tqdm.auto import tqdm
+
+    todo = _expand(names)
+    out = Path(out_dir) if out_dir else _common.default_out(quick)
+    results = []
+    bar = tqdm(todo, desc="experiments", unit="exp", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        module = load(name)
+        config = _common.configure(
+            module, quick=quick, overrides=_common._known(
+                module, {"dataset": dataset, "data_dir": data_dir}))
+        start = time.perf_counter()
+        result = module.main(config, out)
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        results.append(result)
+        held = sum(c["holds"] for c in result.get("claims", []))
+        bar.write(f"{name}: {held}/{len(result.get('claims', []))} claims hold "
+                  f"({result['seconds']:.1f} s)")
+    return results
+
+
+def report(out_dir=None) -> Path:
+    """Write ``out_dir/README.md``: a gallery of every experiment with saved results.
+
+    Each entry shows the figures, the slide it reproduces, and each claim with its measured number and whether
+    it held.
+    """
+    out = Path(out_dir) if out_dir else _common.FIGURES
+    if not out.is_dir():
+        raise ValueError(f"no results folder {str(out)!r}: run `fflab run all` first")
+    lines = [
+        "# Gallery",
+        "",
+        "Every figure of the lecture *Optimising feed-forward neural networks* (Ole Winther, 2016) as an",
+        "experiment. Each entry: the slide it reproduces, the lecture's claims, the number we measured, and",
+        "whether the claim held. Regenerate everything with `fflab run all`, this page with `fflab report`.",
+        "",
+    ]
+    found = 0
+    for name in available():
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        found += 1
+        with open(path) as f:
+            payload = json.load(f)
+        module = load(name)
+        lines += [f"## {name}", "", f"*Slide:* {module.SLIDE}  ", f"*What:* {module.DESCRIPTION}", ""]
+        lines += [f"Command: `fflab run {name}`"]
+        config = payload.get("config", {})
+        if config.get("dataset"):
+            lines[-1] += f" (data set: `{config['dataset']}`)"
+        lines.append("")
+        for png in sorted(out.glob(f"{name}*.png")):
+            if png.stem == name or png.stem.startswith(f"{name}_"):
+                lines += [f"![{png.stem}]({png.name})", ""]
+        lines += ["| claim | measured | holds |", "| --- | --- | --- |"]
+        for c in payload.get("claims", []):
+            measured = json.dumps(c["measured"]) if not isinstance(c["measured"], str) else c["measured"]
+            lines.append(f"| {c['text']} | {measured} | {'yes' if c['holds'] else '**no**'} |")
+        if payload.get("notes"):
+            lines += ["", payload["notes"]]
+        lines.append("")
+    if not found:
+        raise ValueError(f"no experiment results in {str(out)!r}: run `fflab run all` first")
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path

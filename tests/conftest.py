@@ -1,4 +1,4 @@
-"""Test session setup: float64 everywhere (precision is the point of most checks), no silent rank promotion."""
+"""Test session setup: float64 everywhere (precision is the point), no silent rank promotion."""
 
 import jax
 

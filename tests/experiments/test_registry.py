@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import experiments
+from experiments import _common
+
+
+def test_describe_lists_every_module_with_a_description():
+    names = [name for name, _ in experiments.describe()]
+    assert names == experiments.available()
+    assert "activations" in names
+    assert all(desc for _, desc in experiments.describe())
+
+
+def test_unknown_experiment_is_a_value_error_listing_names():
+    with pytest.raises(ValueError, match="valid names: .*activations"):
+        experiments.run(["no_such_experiment"], quick=True, progress=False)
+
+
+def test_bad_override_names_the_fields():
+    with pytest.raises(ValueError, match="no config field 'nope'"):
+        _common.configure(experiments.load("activations"), quick=True, overrides={"nope": 1})
+    with pytest.raises(ValueError, match="cannot read num"):
+        _common.configure(experiments.load("activations"), quick=True, overrides={"num": "many"})
+
+
+def test_run_and_report_write_results_and_gallery(tmp_path):
+    results = experiments.run(["activations"], quick=True, out_dir=tmp_path, progress=False)
+    assert results[0]["name"] == "activations"
+    page = experiments.report(tmp_path).read_text()
+    assert "## activations" in page and "![activations](activations.png)" in page
+    assert page.count("| yes |") == len(results[0]["claims"])
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fflab run all"):
+        experiments.report(tmp_path / "missing")
+
+
+def test_module_cli_runs_and_rejects_bad_input(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "experiments.activations", "--quick", "--out", str(tmp_path),
+                         "--set", "num=51"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "activations.json").read_text())["config"]["num"] == 51
+    bad = subprocess.run([sys.executable, "-m", "experiments.activations", "--quick", "--out", str(tmp_path),
+                          "--set", "num=many"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
