@@ -1,6 +1,6 @@
 """fflab: train feed-forward networks in JAX and look hard at their loss surfaces."""
 
-from fflab import init, losses, mlp
+from fflab import data, init, losses, mlp, norm
 
-__all__ = ["init", "losses", "mlp"]
+__all__ = ["data", "init", "losses", "mlp", "norm"]
 __version__ = "0.1.0"
