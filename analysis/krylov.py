@@ -1,0 +1,345 @@
+"""Krylov methods for symmetric operators: fully re-orthogonalised Lanczos, thick-restart eigensolver.
+
+Operators are callables ``matvec(v) -> A v`` on flat ``(dim,)`` vectors with ``A`` symmetric, such as the
+``matvec`` of :func:`analysis.hessian_operator`. The Lanczos loop is one jit-compiled ``lax.fori_loop``,
+so compile time does not grow with the number of steps and nothing goes back to the host inside it.
+``matvec`` is passed into that program as an argument: a :class:`jax.tree_util.Partial` (what
+:func:`analysis.hessian_operator` returns) makes its arrays arguments of the compiled program, while
+arrays a plain closure captures become compile-time constants (``Partial(f, A)`` for ``v -> f(A, v)``
+avoids that).
+
+References:
+    Lanczos (1950), An iteration method for the solution of the eigenvalue problem of linear differential
+    and integral operators. J. Res. Nat. Bur. Standards 45.
+    Parlett (1998), The Symmetric Eigenvalue Problem, SIAM (full re-orthogonalisation; "twice is enough").
+    Wu & Simon (2000), Thick-restart Lanczos method for large symmetric eigenvalue problems.
+    SIAM J. Matrix Anal. Appl. 22(2).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.tree_util import Partial
+
+__all__ = ["WHICH", "EigshResult", "LanczosResult", "eigsh", "lanczos"]
+
+WHICH = ("LA", "SA", "BE")
+
+
+class LanczosResult(NamedTuple):
+    """``m`` Lanczos steps: ``A Q^T = Q^T T + r e_m^T`` with ``T = tridiag(betas, alphas, betas)``.
+
+    Attributes:
+        alphas: ``(m,)`` diagonal of ``T``.
+        betas: ``(m - 1,)`` off-diagonal of ``T`` (zero where the Krylov space broke down).
+        basis: ``(m, dim)`` orthonormal Lanczos vectors ``Q`` as rows.
+        residual: ``(dim,)`` the vector ``r``, orthogonal to ``Q``; its norm is the next beta.
+    """
+
+    alphas: jax.Array
+    betas: jax.Array
+    basis: jax.Array
+    residual: jax.Array
+
+
+class EigshResult(NamedTuple):
+    """Extreme eigenpairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: ``(k,)`` from the wanted end: descending for ``"LA"``, ascending for ``"SA"``
+            and ``"BE"``.
+        eigenvectors: ``(dim, k)`` orthonormal columns.
+        residuals: ``(k,)`` true residual norms ``||A v - lambda v||``.
+    """
+
+    eigenvalues: jax.Array
+    eigenvectors: jax.Array
+    residuals: jax.Array
+
+
+# --------------------------------------------------------------------------------------------------
+# shared plumbing (also used by analysis.density)
+
+
+def _as_operator(matvec: Callable, dim) -> tuple[Partial, jnp.dtype]:
+    """Check ``matvec`` on an abstract ``(dim,)`` vector; return it as a pytree callable and its dtype."""
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if not callable(matvec):
+        raise ValueError(f"matvec must be callable, got {type(matvec).__name__}")
+    dim = int(dim)
+    op = matvec if isinstance(matvec, Partial) else Partial(matvec)
+    # Probe with float32: the output dtype is then the operator's own (float64 for a float64 matrix,
+    # float32 for a float32 one), which becomes the working dtype.
+    probe = jax.ShapeDtypeStruct((dim,), jnp.float32)
+    try:
+        out = jax.eval_shape(op, probe)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"matvec failed on a vector of shape ({dim},): {err}") from err
+    shape = getattr(out, "shape", None)
+    if shape != (dim,):
+        got = shape if shape is not None else jax.tree_util.tree_structure(out)
+        raise ValueError(f"matvec must map a ({dim},) vector to a ({dim},) vector, got {got}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"matvec must return real floating vectors, got dtype {out.dtype}")
+    return op, out.dtype
+
+
+def _check_count(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+def _orthogonalise(w, basis):
+    # Classical Gram-Schmidt against all rows of `basis`, twice ("twice is enough", Parlett 1998).
+    # Unused rows are zero and contribute nothing.
+    h = basis @ w
+    w = w - h @ basis
+    h2 = basis @ w
+    w = w - h2 @ basis
+    return w, h + h2
+
+
+def _iterate(matvec, basis, proj, norms, key, start, stop, *, restart=True, three_term=False):
+    """Lanczos steps ``j = start, ..., stop - 1`` with full re-orthogonalisation, one ``fori_loop``.
+
+    On entry rows ``0..start`` of ``basis (m + 1, dim)`` are orthonormal (row ``start`` is the vector to
+    expand) and the rest are zero; ``proj (m, m)`` holds ``Q A Q^T`` for the rows before ``start``.
+    Each step writes column and row ``j`` of ``proj`` from the Gram-Schmidt coefficients, the norm of
+    the new residual into ``norms[j]``, and its direction into ``basis[j + 1]``. On breakdown (residual
+    at rounding level) the Krylov space is invariant: the step records ``beta = 0`` and, with
+    ``restart``, continues with a random vector orthogonal to the basis, which keeps
+    ``A Q^T = Q^T T + r e^T`` exact and ``Q`` orthonormal. Without ``restart`` (for quadrature under
+    ``vmap``, where ``lax.cond`` would evaluate both branches every step) the remaining vectors are
+    zero: ``T`` gets a decoupled zero block whose Ritz values carry zero quadrature weight.
+
+    With ``three_term`` (only for a plain run from ``start = 0``) the first Gram-Schmidt pass is the
+    Lanczos three-term recurrence and one full pass follows, which halves the reads of the basis (the
+    loop is memory-bound under ``vmap``); otherwise both passes are full, as a thick restart needs.
+    """
+    dtype = basis.dtype
+    dim = basis.shape[1]
+    rounding = 10 * jnp.finfo(dtype).eps * np.sqrt(dim)
+
+    def step(j, state):
+        basis, proj, norms = state
+        aq = matvec(basis[j]).astype(dtype)
+        if three_term:
+            q, previous = basis[j], jnp.where(j > 0, norms[j - 1], 0)
+            alpha = jnp.vdot(q, aq)
+            w = aq - alpha * q - previous * basis[jnp.maximum(j - 1, 0)]
+            h = basis @ w
+            w = w - h @ basis
+            h = h.at[j].add(alpha).at[j - 1].add(jnp.where(j > 0, previous, 0))
+        else:
+            w, h = _orthogonalise(aq, basis)
+        beta = jnp.linalg.norm(w)
+        proj = proj.at[:, j].set(h[:-1]).at[j, :].set(h[:-1])
+
+        def regular(_):
+            return w / jnp.where(beta > 0, beta, 1), beta
+
+        def fresh(_):
+            z = jax.random.normal(jax.random.fold_in(key, j), (dim,), dtype)
+            z, _ = _orthogonalise(z, basis)
+            nz = jnp.linalg.norm(z)
+            return z / jnp.where(nz > 0, nz, 1), jnp.zeros((), dtype)
+
+        breakdown = beta <= rounding * jnp.linalg.norm(aq)
+        if restart:
+            nxt, beta = lax.cond(breakdown, fresh, regular, None)
+        else:
+            nxt, beta = regular(None)
+            nxt, beta = jnp.where(breakdown, 0, nxt), jnp.where(breakdown, 0, beta)
+        return basis.at[j + 1].set(nxt), proj, norms.at[j].set(beta)
+
+    return lax.fori_loop(start, stop, step, (basis, proj, norms))
+
+
+def _start(v0, num_steps):
+    dim = v0.shape[0]
+    basis = jnp.zeros((num_steps + 1, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    return basis, jnp.zeros((num_steps, num_steps), v0.dtype), jnp.zeros((num_steps,), v0.dtype)
+
+
+def _run_lanczos(matvec, v0, key, num_steps):
+    basis, proj, norms = _iterate(matvec, *_start(v0, num_steps), key, 0, num_steps, three_term=True)
+    return LanczosResult(
+        alphas=jnp.diagonal(proj),
+        betas=norms[:-1],
+        basis=basis[:-1],
+        residual=norms[-1] * basis[-1],
+    )
+
+
+_lanczos_jit = jax.jit(_run_lanczos, static_argnums=3)
+
+
+def _initial_vector(key, dim, dtype, v0):
+    if v0 is None:
+        return jax.random.normal(key, (dim,), dtype)
+    v0 = jnp.asarray(v0)
+    if v0.shape != (dim,):
+        raise ValueError(f"v0 must have shape ({dim},), got {v0.shape}")
+    v0 = v0.astype(dtype)
+    norm = float(jnp.linalg.norm(v0))
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError(f"v0 must be finite and non-zero, got norm {norm}")
+    return v0
+
+
+# --------------------------------------------------------------------------------------------------
+# public
+
+
+def lanczos(
+    matvec: Callable, dim: int, num_steps: int, *, key: jax.Array, v0: jax.Array | None = None
+) -> LanczosResult:
+    """Lanczos tridiagonalisation with full re-orthogonalisation [Lanczos 1950; Parlett 1998].
+
+    One jit-compiled ``lax.fori_loop``: compile time is independent of ``num_steps``. Every new vector is
+    orthogonalised against all previous ones by classical Gram-Schmidt, twice, so ``Q`` stays
+    orthonormal to rounding and no ghost eigenvalues appear. A breakdown (invariant Krylov space) sets
+    that beta to zero and continues with a random orthogonal direction.
+
+    Args:
+        matvec: symmetric operator ``(dim,) -> (dim,)``.
+        dim: size of the operator.
+        num_steps: number of Lanczos vectors ``m``, ``1 <= m <= dim``.
+        key: PRNG key for the start vector (when ``v0`` is ``None``) and for breakdown directions.
+        v0: optional ``(dim,)`` start vector (normalised internally).
+
+    Returns:
+        :class:`LanczosResult` with alphas ``(m,)``, betas ``(m - 1,)``, basis ``(m, dim)`` and
+        residual ``(dim,)``.
+    """
+    op, dtype = _as_operator(matvec, dim)
+    num_steps = _check_count("num_steps", num_steps, 1, int(dim))
+    v0 = _initial_vector(key, int(dim), dtype, v0)
+    return _lanczos_jit(op, v0, key, num_steps)
+
+
+def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
+    """Indices into ascending Ritz values: the ``k`` wanted first (in output order), then extras to keep."""
+    if which == "LA":
+        return np.arange(m - 1, m - 1 - keep, -1)
+    if which == "SA":
+        return np.arange(keep)
+    k_lo, k_hi = k // 2, k - k // 2
+    extra = keep - k
+    e_lo, e_hi = extra // 2, extra - extra // 2
+    wanted = [*range(k_lo), *range(m - k_hi, m)]
+    extras = [*range(k_lo, k_lo + e_lo), *range(m - k_hi - e_hi, m - k_hi)]
+    return np.asarray(wanted + extras)
+
+
+@functools.partial(jax.jit, static_argnums=5)
+def _cycle(matvec, basis, proj, norms, key, k, order, start):
+    """Expand to ``m`` Lanczos vectors, then thick-restart on the ``keep`` Ritz pairs at the wanted end."""
+    m = proj.shape[0]
+    basis, proj, norms = _iterate(matvec, basis, proj, norms, key, start, m)
+    theta, vectors = jnp.linalg.eigh(proj)
+    # `order` (an argument, so that every `which` shares one compiled program) picks the wanted
+    # pairs first, then the extra ones kept for the restart.
+    keep = order.shape[0]
+    theta, vectors = theta[order], vectors[:, order]
+    beta = norms[m - 1]
+    # Ritz residual ||A Q^T y - theta Q^T y|| = |beta_m y_m| for each kept pair.
+    estimates = jnp.abs(beta * vectors[m - 1, :k])
+    scale = jnp.max(jnp.abs(theta))
+    new_basis = jnp.zeros_like(basis).at[:keep].set(vectors.T @ basis[:m]).at[keep].set(basis[m])
+    new_proj = jnp.zeros_like(proj).at[:keep, :keep].set(jnp.diag(theta))
+    return new_basis, new_proj, jnp.zeros_like(norms), theta[:k], estimates, scale
+
+
+@jax.jit
+def _residual_norms(matvec, vectors, values):
+    av = jax.vmap(matvec)(vectors).astype(vectors.dtype)
+    return jnp.linalg.norm(av - values[:, None] * vectors, axis=1)
+
+
+def _default_steps(k: int, dim: int) -> int:
+    return min(dim, max(2 * k + 10, 20))
+
+
+def eigsh(
+    matvec: Callable,
+    dim: int,
+    k: int,
+    *,
+    which: str = "LA",
+    num_steps: int | None = None,
+    tol: float = 1e-6,
+    max_restarts: int = 200,
+    key: jax.Array,
+) -> EigshResult:
+    """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos [Wu & Simon 2000].
+
+    Each cycle expands the basis to ``num_steps`` vectors (one compiled Lanczos loop with full
+    re-orthogonalisation), takes the Ritz pairs of the projected matrix, and restarts from the
+    ``keep = k + (num_steps - k) // 2`` pairs nearest the wanted end plus the residual direction. It
+    stops when every wanted Ritz residual ``|beta_m y_m| <= tol * max|theta|`` (``max|theta|``
+    estimates the spectral norm), or after ``max_restarts`` restarts with a warning. The restart loop
+    runs on the host (one small transfer per cycle); the returned residuals are recomputed exactly.
+
+    Args:
+        matvec: symmetric operator ``(dim,) -> (dim,)``.
+        dim: size of the operator.
+        k: number of eigenpairs, ``1 <= k < dim``.
+        which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"BE"`` both ends
+            (``k // 2`` smallest and ``k - k // 2`` largest).
+        num_steps: Krylov dimension per cycle, ``k < num_steps <= dim``
+            (default ``min(dim, max(2k + 10, 20))``).
+        tol: relative residual tolerance.
+        max_restarts: most restarts after the first cycle.
+        key: PRNG key for the start vector and breakdown directions.
+
+    Returns:
+        :class:`EigshResult` with eigenvalues ``(k,)``, eigenvectors ``(dim, k)`` and residuals ``(k,)``.
+    """
+    op, dtype = _as_operator(matvec, dim)
+    dim = int(dim)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k < dim:
+        raise ValueError(
+            f"k must be an integer with 1 <= k < dim = {dim}, got {k!r} (use numpy.linalg.eigh for all)"
+        )
+    k = int(k)
+    if which not in WHICH:
+        raise ValueError(f"unknown which {which!r}; valid names: {', '.join(WHICH)}")
+    m = _default_steps(k, dim) if num_steps is None else _check_count("num_steps", num_steps, k + 1, dim)
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    max_restarts = _check_count("max_restarts", max_restarts, 0, 10**9)
+    keep = k + (m - k) // 2
+    order = jnp.asarray(_wanted_order(which, m, k, keep))
+
+    key, sub = jax.random.split(key)
+    basis, proj, norms = _start(_initial_vector(sub, dim, dtype, None), m)
+    start = 0
+    for _ in range(max_restarts + 1):
+        key, sub = jax.random.split(key)
+        basis, proj, norms, values, estimates, scale = _cycle(op, basis, proj, norms, sub, k, order, start)
+        estimates, scale = np.asarray(estimates), float(scale)
+        if np.all(estimates <= tol * scale):
+            break
+        start = keep
+    else:
+        warnings.warn(
+            f"eigsh: {int(np.sum(estimates > tol * scale))} of {k} Ritz pairs not converged after "
+            f"{max_restarts} restarts (largest relative residual {float(estimates.max()) / scale:.2e}, "
+            f"tol {tol:.1e}); raise max_restarts or num_steps",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    vectors = basis[:k]
+    residuals = _residual_norms(op, vectors, values)
+    return EigshResult(eigenvalues=values, eigenvectors=vectors.T, residuals=residuals)

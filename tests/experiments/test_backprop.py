@@ -1,0 +1,100 @@
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from experiments import backprop as bp
+from fflab import losses, mlp
+
+
+def _net(seed, sizes, dtype=jnp.float64):
+    rng = np.random.default_rng(seed)
+    return [{"W": jnp.asarray(rng.standard_normal((a, b)) / np.sqrt(a), dtype),
+             "b": jnp.asarray(0.1 * rng.standard_normal(b), dtype)}
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True)], rng
+
+
+def test_quick_config_claims_hold(tmp_path):
+    payload = bp.main(bp.QUICK, tmp_path)
+    assert all(c["holds"] for c in payload["claims"]), payload["claims"]
+    saved = json.loads((tmp_path / "backprop.json").read_text())
+    assert saved["config"]["depths"] == list(bp.QUICK.depths)
+    assert (tmp_path / "backprop.png").stat().st_size > 10_000
+    costs = saved["results"]["costs"]
+    # Exact integer path counts: log10 of n_in * width^depth * n_out.
+    for depth, logp in zip(costs["depth"], costs["log10_paths"], strict=True):
+        assert logp == pytest.approx(math.log10(bp.QUICK.n_in * bp.QUICK.width**depth * bp.QUICK.n_out))
+    # The analytic count is exactly linear in depth: 3 * batch * width^2 multiply-adds per hidden layer.
+    per_layer = 3 * bp.QUICK.count_batch * bp.QUICK.width**2
+    assert np.all(np.diff(costs["backprop_macs"]) == per_layer * np.diff(costs["depth"]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
+def test_hand_written_backprop_equals_jax_grad(activation, seed):
+    params, rng = _net(seed, [5, 7, 6, 4])
+    x = jnp.asarray(rng.standard_normal((9, 5)))
+    y = jnp.asarray(rng.integers(0, 4, 9))
+
+    def loss(p):
+        return losses.cross_entropy(mlp.apply(p, x, activation=activation), y)
+
+    got, want = bp.grad(params, x, y, activation=activation), jax.grad(loss)(params)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    np.testing.assert_allclose(ravel_pytree(got)[0], ravel_pytree(want)[0], rtol=1e-10, atol=1e-14)
+
+
+def test_hand_written_backprop_in_float32():
+    with jax.enable_x64(False):
+        params, rng = _net(0, [6, 8, 3], dtype=jnp.float32)
+        x = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
+        y = jnp.asarray(rng.integers(0, 3, 5))
+        got = bp.grad(params, x, y, activation="tanh")
+        want = jax.grad(lambda p: losses.cross_entropy(mlp.apply(p, x, activation="tanh"), y))(params)
+        assert ravel_pytree(got)[0].dtype == jnp.float32
+        np.testing.assert_allclose(ravel_pytree(got)[0], ravel_pytree(want)[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_backprop_and_path_sum_jacobians_equal_jax_jacobian(activation):
+    sizes = [3, 4, 2, 5, 2]
+    params, rng = _net(1, sizes)
+    x = jnp.asarray(rng.standard_normal(3))
+    want = jax.jacobian(lambda v: mlp.apply(params, v, activation=activation))(x)
+    jac, paths = bp.path_sum_jacobian(params, x, activation=activation)
+    assert paths == 3 * 4 * 2 * 5 * 2 == bp.count_paths(sizes)
+    np.testing.assert_allclose(jac, want, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(bp.backprop_jacobian(params, x, activation=activation), want, rtol=1e-10,
+                               atol=1e-14)
+
+
+def test_counts_by_hand():
+    assert bp.count_paths([784, 225, 144, 10]) == 784 * 225 * 144 * 10
+    assert bp.count_paths([10] * 40) == 10**40  # exact, beyond float precision
+    # sizes 2-3-4: forward 6 + 12, dW 6 + 12, dh of the second layer 12 -> 48 per example.
+    assert bp.backprop_macs([2, 3, 4], 1) == 48
+    assert bp.backprop_macs([2, 3, 4], 5) == 240
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_analytic_macs_match_xla_flops(depth):
+    sizes = [32, *([64] * depth), 10]
+    params, rng = _net(0, sizes)
+    x = jnp.asarray(rng.standard_normal((16, 32)))
+    y = jnp.asarray(rng.integers(0, 10, 16))
+    compiled = jax.jit(lambda p, x, y: bp.grad(p, x, y)).lower(params, x, y).compile()
+    ratio = bp._xla_flops(compiled) / (2 * bp.backprop_macs(sizes, 16))
+    assert 1.0 <= ratio < 1.1
+
+
+def test_bad_input_is_a_clear_error():
+    params, _ = _net(0, [3, 4, 2])
+    hs = bp.forward(params, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"delta must have the logits' shape \(5, 2\)"):
+        bp.backward(params, hs, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match="valid names: relu, tanh, sigmoid, identity"):
+        bp.backward(params, hs, jnp.ones((5, 2)), activation="softplus")

@@ -1,0 +1,162 @@
+"""The ``fflab`` command line: a short training run, resume rules, one-line errors, experiment wiring."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fflab import checkpoint, cli
+
+
+def _fail(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fflab: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_digits_writes_metrics_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"test error {metrics['test_error']:.2f}%" in printed
+    assert 0.0 < metrics["test_error"] < 100.0  # percent
+    assert metrics["test_error"] == metrics["history"]["test_error"][-1]
+    assert metrics["epochs_completed"] == 2 and len(metrics["history"]["train_loss"]) == 2
+    assert metrics["config"]["hidden"] == [32] and metrics["config"]["optimizer"] == "momentum"
+    assert checkpoint.load_metadata(out / "checkpoint.npz")["epoch"] == 2
+
+    # The folder is taken: a fresh run is refused, a resume with other settings too.
+    assert "--resume" in _fail(capsys, argv)
+    assert "differs from the checkpoint" in _fail(capsys, [*argv, "--resume", "--lr", "0.3"])
+    # Resuming a finished run changes nothing and reports the same error.
+    assert cli.main(["train", "--dataset", "digits", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_error"] == metrics["test_error"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--dataset", "nope", "--out", "{tmp}"], "unknown data set 'nope'"),
+        (["train", "--dataset", "digits", "--hidden", "22,x", "--out", "{tmp}"], "--hidden"),
+        (["train", "--dataset", "digits", "--hidden", "0", "--out", "{tmp}"], "--hidden"),
+        (["train", "--dataset", "digits", "--optimizer", "lbfgs", "--out", "{tmp}"], "unknown optimizer"),
+        (["train", "--dataset", "digits", "--schedule", "cyclic", "--out", "{tmp}"], "unknown schedule"),
+        (["train", "--dataset", "digits", "--lr", "-1", "--out", "{tmp}"], "learning rate"),
+        (["train", "--dataset", "digits", "--epochs", "0", "--out", "{tmp}"], "--epochs"),
+        (["train", "--dataset", "digits", "--batch-size", "5000", "--out", "{tmp}"], "batch-size"),
+        (["train", "--dataset", "digits", "--out", "{tmp}", "--resume"], "no checkpoint"),
+        (["train", "--dataset", "mnist", "--data-dir", "{tmp}", "--out", "{tmp}"], "not found"),
+        (["train", "--out", "{tmp}"], "--dataset"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    # No network: a missing mnist must fail fast on the local search.
+    monkeypatch.setenv("FFLAB_MIRROR", "file:///nonexistent")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    line = _fail(capsys, [a.replace("{tmp}", str(tmp_path / "out")) for a in argv])
+    assert message in line
+
+
+def test_non_finite_loss_exits_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    # A linear net with an absurd learning rate overflows within a few steps.
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e10",
+        "--activation",
+        "identity",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    line = _fail(capsys, argv)
+    assert "non-finite loss at epoch 1, step" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 0 and "non-finite" in metrics["error"]
+
+
+def test_module_entry_point_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fflab.cli",
+            "train",
+            "--dataset",
+            "digits",
+            "--hidden",
+            "1,a",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("fflab: error: argument --hidden")
+
+
+class _FakeExperiments:
+    def __init__(self):
+        self.calls = []
+
+    def describe(self):
+        return [("activations", "Sigmoid, tanh and relu"), ("landscape", "Loss along a line")]
+
+    def run(self, names, **kwargs):
+        self.calls.append(("run", list(names), kwargs))
+        if "bogus" in names:
+            raise ValueError("unknown experiment 'bogus'; valid names: activations, landscape")
+        return []
+
+    def report(self, out_dir):
+        self.calls.append(("report", out_dir))
+        return f"{out_dir or 'figures'}/README.md"
+
+
+def test_experiment_commands_delegate(monkeypatch, capsys):
+    fake = _FakeExperiments()
+    monkeypatch.setitem(sys.modules, "experiments", fake)
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("activations") and "Loss along a line" in out[1]
+    assert cli.main(["run", "all", "--quick", "--dataset", "digits", "--out", "o"]) == 0
+    assert fake.calls[-1] == (
+        "run",
+        ["all"],
+        {"quick": True, "dataset": "digits", "data_dir": None, "out_dir": "o"},
+    )
+    assert cli.main(["report", "--out", "o"]) == 0
+    assert fake.calls[-1] == ("report", "o") and "o/README.md" in capsys.readouterr().out
+    assert "unknown experiment 'bogus'" in _fail(capsys, ["run", "bogus"])
+    assert "required" in _fail(capsys, ["run"])

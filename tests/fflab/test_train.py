@@ -1,0 +1,329 @@
+"""Training loop: optimiser recipes against optax, schedules against closed forms, learning, compile-once,
+bit-for-bit resume, and non-finite losses."""
+
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fflab import checkpoint, data, losses, mlp, train
+
+TOL = {jnp.float32: 1e-6, jnp.float64: 1e-12}
+
+
+def _leaves(tree):
+    def raw(x):
+        is_key = jax.dtypes.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key)
+        return jax.random.key_data(x) if is_key else x
+
+    return [raw(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _tree_equal(a, b):
+    la, lb = _leaves(a), _leaves(b)
+    if len(la) != len(lb):
+        return False
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return data.load("synthetic", n_train=300, n_test=100, dim=8, num_classes=4, teacher_width=16)
+
+
+def _state(opt, sizes, *, seed=0, dtype=jnp.float64):
+    k_init, k_shuffle = jax.random.split(jax.random.key(seed))
+    return train.init_state(mlp.init(k_init, sizes, dtype=dtype), opt, k_shuffle)
+
+
+# --- make_optimizer / make_schedule ---
+
+_REFERENCE = {
+    "sgd": lambda lr: optax.sgd(lr),
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: optax.adam(lr),
+    "adagrad": lambda lr: optax.adagrad(lr),
+    "adadelta": lambda lr: optax.adadelta(lr),
+    "rmsprop": lambda lr: optax.rmsprop(lr),
+}
+
+
+@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_optimizer_matches_optax(name, dtype):
+    assert set(_REFERENCE) == set(train.OPTIMIZERS)
+    params = mlp.init(jax.random.key(1), [3, 4, 2], dtype=dtype)
+
+    @jax.jit
+    def run(params):
+        out = []
+        for opt in (train.make_optimizer(name, 0.1), _REFERENCE[name](0.1)):
+            p, s = params, opt.init(params)
+            for _ in range(4):  # gradient of 0.5 ||p||^2 + sum p, so updates are not all proportional to p
+                u, s = opt.update(jax.tree_util.tree_map(lambda q: q + 1, p), s, p)
+                p = optax.apply_updates(p, u)
+            out.append((p, s))
+        return out
+
+    (p1, s1), (p2, _) = run(params)
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2), strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+    assert float(train.learning_rate(s1)) == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("total", [40, 1000])
+def test_schedules_closed_forms(total):
+    lr, a = 0.2, 0.01
+    s = {name: train.make_schedule(name, lr, total_steps=total, decay_to=a) for name in train.SCHEDULES}
+    for name, f in s.items():
+        assert float(f(0)) == pytest.approx(lr, rel=1e-12), name
+        values = np.array([float(f(t)) for t in range(total + 5)])
+        assert np.all(np.diff(values) <= 1e-15), f"{name} is not non-increasing"
+        expected_floor = lr if name == "constant" else lr * a
+        assert values[total] == pytest.approx(expected_floor, rel=1e-9), name
+        assert values[-1] == pytest.approx(expected_floor, rel=1e-9), f"{name} moved past the end"
+    half = total // 2
+    assert float(s["linear"](half)) == pytest.approx(lr + (lr * a - lr) * half / total, rel=1e-9)
+    assert float(s["exponential"](half)) == pytest.approx(lr * a ** (half / total), rel=1e-9)
+    assert float(s["cosine"](half)) == pytest.approx(
+        lr * ((1 - a) * 0.5 * (1 + math.cos(math.pi * half / total)) + a), rel=1e-9
+    )
+    step = s["step"]
+    assert float(step(half - 1)) == pytest.approx(lr)
+    assert float(step(half)) == pytest.approx(lr * 0.1)
+    assert float(step((3 * total) // 4)) == pytest.approx(lr * 0.01)
+
+
+def test_warmup_and_schedule_through_optimizer():
+    f = train.make_schedule("cosine", 0.1, total_steps=50, warmup_steps=10)
+    assert float(f(0)) == 0.0 and float(f(5)) == pytest.approx(0.05) and float(f(10)) == pytest.approx(0.1)
+    assert float(f(50)) == pytest.approx(0.001)
+    # The optimiser's state reports the rate its last update used: schedule(k - 1) after k updates.
+    opt = train.make_optimizer(
+        "nesterov", 0.1, schedule="linear", total_steps=20, clip=1.0, weight_decay=1e-3
+    )
+    params = {"W": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    sched = train.make_schedule("linear", 0.1, total_steps=20)
+    update = jax.jit(lambda s: opt.update(params, s, params)[1])
+    for k in range(1, 6):
+        state = update(state)
+        # optax's polynomial schedules compute in float32 even under x64, hence the float32 tolerance.
+        assert float(train.learning_rate(state)) == pytest.approx(float(sched(k - 1)), rel=1e-6)
+
+
+def test_unknown_names_and_bad_numbers():
+    with pytest.raises(ValueError, match="valid names: sgd, momentum, nesterov, adam"):
+        train.make_optimizer("lbfgs", 0.1)
+    with pytest.raises(ValueError, match="valid names: constant, linear, exponential, step, cosine"):
+        train.make_optimizer("sgd", 0.1, schedule="cyclic", total_steps=10)
+    with pytest.raises(ValueError, match="total_steps"):
+        train.make_optimizer("sgd", 0.1, schedule="cosine")
+    for bad in ({"clip": -1.0}, {"weight_decay": -1.0}, {"momentum": 1.5}):
+        with pytest.raises(ValueError):
+            train.make_optimizer("momentum", 0.1, **bad)
+    with pytest.raises(ValueError, match="learning rate"):
+        train.make_optimizer("sgd", float("nan"))
+    with pytest.raises(ValueError, match="activation"):
+        train.make_train_epoch(optax.sgd(0.1), batch_size=10, activation="swish")
+
+
+def test_weight_decay_is_l2_on_weights_and_clip_bounds_the_step():
+    params = mlp.init(jax.random.key(0), [5, 4, 3])
+    x = jax.random.normal(jax.random.key(1), (7, 5))
+    y = jnp.arange(7, dtype=jnp.int32) % 3
+    lr, wd = 0.3, 0.05
+
+    def loss(p):
+        return losses.cross_entropy(mlp.apply(p, x), y)
+
+    @jax.jit
+    def steps(params):
+        # Oracle: one SGD step on the loss plus (wd / 2) sum ||W||^2 (biases not decayed).
+        opt = train.make_optimizer("sgd", lr, weight_decay=wd)
+        u, _ = opt.update(jax.grad(loss)(params), opt.init(params), params)
+        g = jax.grad(lambda p: loss(p) + wd * losses.l2(p))(params)
+        expected = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, g)
+        clipper = train.make_optimizer("sgd", 1.0, clip=1e-3)
+        big = jax.tree_util.tree_map(lambda p: 100.0 * jnp.ones_like(p), params)
+        clipped, _ = clipper.update(big, clipper.init(params), params)
+        return optax.apply_updates(params, u), expected, optax.tree.norm(clipped)
+
+    ours, expected, clipped_norm = steps(params)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert float(clipped_norm) == pytest.approx(1e-3, rel=1e-9)
+
+
+# --- fit ---
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64])  # float32 training: the resume and CLI tests
+def test_fit_learns_digits(dtype):
+    ds = data.load("digits")
+    epochs, batch = 12, 50
+    steps = ds.x_train.shape[0] // batch
+    opt = train.make_optimizer("momentum", 0.1, schedule="cosine", total_steps=epochs * steps)
+    seen = []
+    result = train.fit(
+        _state(opt, [64, 64, 10], dtype=dtype),
+        opt,
+        (ds.x_train, ds.y_train),
+        epochs=epochs,
+        batch_size=batch,
+        test=(ds.x_test, ds.y_test),
+        callback=lambda e, s: seen.append((e, int(s.epoch))),
+        snapshot_epochs=(0, 1, 12),
+        progress=False,
+    )
+    h = result.history
+    assert seen == [(e, e) for e in range(1, epochs + 1)]
+    assert h["epoch"] == list(range(1, epochs + 1))
+    assert int(result.state.step) == epochs * steps and int(result.state.epoch) == epochs
+    assert h["train_loss"][-1] < 0.25 * h["train_loss"][0]
+    assert h["batch_loss"][-1] < h["batch_loss"][0]
+    assert h["test_error"][-1] < 6.0  # percent: digits is easy for a 64-64-10 net
+    assert all(0.0 <= e <= 100.0 for e in h["train_error"] + h["test_error"])
+    assert h["learning_rate"][0] > h["learning_rate"][-1] > 0
+    assert all(g > 0 for g in h["grad_norm"]) and all(s > 0 for s in h["seconds"])
+    assert sorted(result.snapshots) == [0, 1, 12]
+    assert result.snapshots[0][0]["W"].dtype == dtype
+    assert np.array_equal(result.snapshots[12][0]["W"], np.asarray(result.state.params[0]["W"]))
+    assert not np.array_equal(result.snapshots[0][0]["W"], result.snapshots[1][0]["W"])
+    # The history's numbers are those of evaluate(), in percent.
+    loss, err = train.evaluate(result.state.params, ds.x_test, ds.y_test)
+    assert h["test_error"][-1] == pytest.approx(100 * err) and h["test_loss"][-1] == pytest.approx(loss)
+
+
+def test_epoch_compiles_once(synthetic, caplog, tmp_path):
+    opt = train.make_optimizer("adam", 1e-2, schedule="cosine", total_steps=60)
+    path = tmp_path / "ckpt.npz"
+    on_disk = []  # the epoch of the checkpoint on disk after each epoch, with checkpoint_every=2
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        train.fit(
+            _state(opt, [8, 16, 4]),
+            opt,
+            (synthetic.x_train, synthetic.y_train),
+            epochs=3,
+            batch_size=15,
+            test=(synthetic.x_test, synthetic.y_test),
+            checkpoint_path=path,
+            checkpoint_every=2,
+            callback=lambda e, s: on_disk.append(path.exists() and checkpoint.load_metadata(path)["epoch"]),
+            progress=False,
+        )
+    compiles = [r for r in caplog.records if "Compiling jit(train_epoch)" in r.getMessage()]
+    assert len(compiles) == 1
+    assert on_disk == [False, 2, 3]  # every 2 epochs, and always after the last
+
+    # The jitted epoch alone: same compiled program for the initial state and every later one.
+    epoch = train.make_train_epoch(opt, batch_size=15)
+    state = _state(opt, [8, 16, 4], dtype=jnp.float32)
+    x, y = jnp.asarray(synthetic.x_train, jnp.float32), jnp.asarray(synthetic.y_train)
+    for _ in range(3):
+        state, stats = epoch(state, x, y)
+    assert epoch._cache_size() == 1
+    assert stats.loss.shape == stats.grad_norm.shape == stats.learning_rate.shape == (20,)
+    assert int(state.step) == 60
+
+
+def test_epoch_order_depends_only_on_key_and_epoch(synthetic):
+    """Epoch e shuffles with fold_in(key, e): running epoch 3 from a state at epoch 2 needs no history."""
+    opt = optax.sgd(0.1)
+    epoch = train.make_train_epoch(opt, batch_size=30)
+    x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
+    state = _state(opt, [8, 4])
+    a, _ = epoch(state._replace(epoch=jnp.asarray(2, jnp.int32)), x, y)
+    b, _ = epoch(state._replace(epoch=jnp.asarray(2, jnp.int32)), x, y)
+    c, _ = epoch(state, x, y)
+    assert _tree_equal(a.params, b.params) and not _tree_equal(a.params, c.params)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_resume_is_bit_for_bit(synthetic, tmp_path, dtype):
+    epochs, batch = 5, 20
+    opt = train.make_optimizer("momentum", 0.2, schedule="cosine", total_steps=epochs * 15, weight_decay=1e-3)
+    common = dict(epochs=epochs, batch_size=batch, test=(synthetic.x_test, synthetic.y_test), progress=False)
+    xy = (synthetic.x_train, synthetic.y_train)
+    full = train.fit(_state(opt, [8, 16, 4], dtype=dtype), opt, xy, **common)
+
+    path = tmp_path / "ckpt.npz"
+
+    def interrupt(epoch, state):
+        if epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train.fit(
+            _state(opt, [8, 16, 4], dtype=dtype),
+            opt,
+            xy,
+            checkpoint_path=path,
+            config={"a": 1},
+            callback=interrupt,
+            **common,
+        )
+    # Resume into a template built from a different seed: every value comes from the checkpoint.
+    state, history, config = train.restore(path, _state(opt, [8, 16, 4], seed=9, dtype=dtype))
+    assert int(state.epoch) == 2 and len(history["epoch"]) == 2 and config == {"a": 1}
+    resumed = train.fit(state, opt, xy, history=history, checkpoint_path=path, **common)
+
+    assert _tree_equal(resumed.state, full.state)
+    for key in full.history:
+        if key != "seconds":
+            assert resumed.history[key] == full.history[key], key
+    assert checkpoint.load_metadata(path)["epoch"] == epochs
+
+
+def _nan_at(update: int):
+    """SGD whose update number ``update`` (0-based) turns the parameters into NaN."""
+    return optax.chain(
+        optax.sgd(0.05), optax.scale_by_schedule(lambda c: jnp.where(c == update, jnp.nan, 1.0))
+    )
+
+
+@pytest.mark.parametrize(("update", "epoch", "step"), [(13, 2, 5), (19, 2, 10)])
+def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(synthetic, tmp_path, update, epoch, step):
+    # 300 samples / 30 = 10 steps per epoch. A NaN update 13 shows in the loss of step 15 (epoch 2, step 5);
+    # a NaN last update of epoch 2 (update 19) shows only in the end-of-epoch loss, blamed on step 10.
+    opt = _nan_at(update)
+    path = tmp_path / "run" / "ckpt.npz"
+    template = _state(opt, [8, 16, 4])
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.fit(
+            template,
+            opt,
+            (synthetic.x_train, synthetic.y_train),
+            epochs=4,
+            batch_size=30,
+            checkpoint_path=path,
+            progress=False,
+        )
+    err = info.value
+    assert (err.epoch, err.step) == (epoch, step)
+    assert err.global_step == 10 * (epoch - 1) + step
+    assert f"epoch {epoch}, step {step} of 10" in str(err) and "\n" not in str(err)
+    assert str(path) in str(err) and err.checkpoint == path
+    state, history, _ = train.restore(path, template)
+    assert int(state.epoch) == 1 and history["epoch"] == [1]
+    assert _tree_equal(state, err.state)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
+
+
+def test_fit_rejects_bad_data(synthetic):
+    opt = optax.sgd(0.1)
+    state = _state(opt, [8, 4])
+    with pytest.raises(ValueError, match="batch_size"):
+        train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=1, batch_size=10_000)
+    with pytest.raises(ValueError, match=r"y: \(n,\)"):
+        train.fit(state, opt, (synthetic.x_train, synthetic.y_train[:5]), epochs=1, batch_size=10)
