@@ -39,6 +39,7 @@ DEFAULTS = {
     "clip": None,
     "seed": 0,
     "validation": 0,
+    "norm": None,
 }
 # Per data set changes to the recipe. digits has only 1,437 training images, 14 steps of 100 per epoch: it
 # needs more epochs, and a larger step and decay to regularise as much in 1,400 steps as fashion-mnist gets
@@ -144,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip", type=_finite_float, help="clip gradients to this global norm (off)")
     t.add_argument("--seed", type=_nonnegative_int, help="seed of initialisation and shuffling (0)")
     t.add_argument("--validation", type=_nonnegative_int, help="hold out N training samples (0)")
+    norm = t.add_mutually_exclusive_group()
+    norm.add_argument(
+        "--batchnorm", dest="norm", action="store_const", const="batchnorm",
+        help="batch normalisation on every hidden layer (Ioffe & Szegedy 2015)",
+    )
+    norm.add_argument(
+        "--transform", dest="norm", action="store_const", const="transform",
+        help="Raiko-Valpola-LeCun transformations with shortcut connections, re-estimated every step",
+    )
+    t.add_argument(
+        "--devices", type=_positive_int,
+        help="data-parallel over this many local devices (default: all that divide the batch size)",
+    )
     t.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints (1)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(handler=_train)
@@ -183,6 +197,7 @@ _TRAIN_KEYS = (
     "clip",
     "seed",
     "validation",
+    "norm",
 )
 
 
@@ -202,6 +217,8 @@ def _config(args) -> dict:
         for key, value in {"dataset": args.dataset, **given}.items():
             if key in saved and saved[key] != value:
                 flag = "--" + key.replace("_", "-")
+                if key == "norm":  # --batchnorm / --transform, or neither
+                    flag, value = "--batchnorm/--transform", value or "none"
                 raise UsageError(
                     f"--resume: {flag} {value} differs from the checkpoint's {saved[key]}; drop {flag} "
                     f"or train into a new --out folder"
@@ -222,6 +239,7 @@ def _train(args) -> int:
     import jax.numpy as jnp
 
     from fflab import checkpoint, data, mlp, train
+    from fflab import norm as fflab_norm
 
     config = _config(args)
     out = Path(args.out)
@@ -243,16 +261,26 @@ def _train(args) -> int:
     )
     init_key, shuffle_key = jax.random.split(jax.random.key(config["seed"]))
     sizes = [d, *config["hidden"], ds.num_classes]
-    params = mlp.init(init_key, sizes, init=config["init"], dtype=jnp.float32)
-    state = train.init_state(params, optimizer, shuffle_key)
+    norm = config.get("norm")
+    if norm is None:
+        params, model_state = mlp.init(init_key, sizes, init=config["init"], dtype=jnp.float32), ()
+    else:
+        params, model_state = fflab_norm.init(
+            init_key, sizes, norm=norm, init=config["init"], dtype=jnp.float32
+        )
+    state = train.init_state(params, optimizer, shuffle_key, model_state)
+    mesh = _mesh(args.devices, config["batch_size"])
     history = None
     if args.resume:
         state, history, _ = train.restore(out / CHECKPOINT, state)
 
     saved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k != "data_dir"}
     val = (ds.x_val, ds.y_val) if ds.x_val.shape[0] else None
+    extras = "".join(
+        [f" with {norm}" if norm else "", f" on {mesh.shape['data']} devices" if mesh is not None else ""]
+    )
     print(
-        f"training {'-'.join(map(str, sizes))} {config['activation']} MLP on {config['dataset']} "
+        f"training {'-'.join(map(str, sizes))} {config['activation']} MLP{extras} on {config['dataset']} "
         f"({n} samples, {steps} steps/epoch) for {config['epochs']} epochs into {out}",
         flush=True,
     )
@@ -266,6 +294,8 @@ def _train(args) -> int:
             epochs=config["epochs"],
             batch_size=config["batch_size"],
             activation=config["activation"],
+            norm=norm,
+            mesh=mesh,
             test=(ds.x_test, ds.y_test),
             val=val,
             history=history,
@@ -302,6 +332,25 @@ def _train(args) -> int:
         f"({metrics['seconds_per_epoch']:.2f} s/epoch); wrote {out / METRICS}"
     )
     return 0
+
+
+def _mesh(devices: int | None, batch_size: int):
+    """The data-parallel mesh, or ``None`` for one device.
+
+    ``devices=None`` takes the most local devices that divide the batch size; an explicit count must.
+    """
+    import jax
+
+    from fflab import train
+
+    available = jax.device_count()
+    if devices is None:
+        devices = max(k for k in range(1, available + 1) if batch_size % k == 0)
+    elif devices > available:
+        raise UsageError(f"--devices {devices}: only {available} {jax.devices()[0].platform} device(s) here")
+    elif batch_size % devices:
+        raise UsageError(f"--batch-size {batch_size} must be divisible by --devices {devices}")
+    return train.data_mesh(devices) if devices > 1 else None
 
 
 def _seconds_per_epoch(seconds: list[float]) -> float | None:

@@ -6,8 +6,10 @@ The pieces, each usable alone:
   ``adadelta``, ``rmsprop``) with a named learning-rate schedule, optional gradient clipping and weight decay,
   entirely from optax. Any other ``optax.GradientTransformation`` works with the rest of this module too.
 - :class:`TrainState` is the whole training state, passed in and returned: ``params``, ``opt_state``,
-  ``step`` (optimiser steps taken), ``epoch`` (epochs completed) and ``key``. Epoch ``e`` shuffles with
-  ``fold_in(key, e)``, so the key is never consumed and an interrupted run resumes bit for bit.
+  ``step`` (optimiser steps taken), ``epoch`` (epochs completed), ``key`` and ``model_state`` (the running
+  statistics of a batch-norm network or the slopes and offsets of a transformed one, :mod:`fflab.norm`).
+  Epoch ``e`` shuffles with ``fold_in(key, e)``, so the key is never consumed and an interrupted run resumes
+  bit for bit.
 - :func:`make_train_epoch` returns the jitted epoch: the data sit on device as arguments, mini-batches are
   gathered by index inside a ``lax.scan``, and per-step losses, gradient norms and learning rates come back
   as arrays, so the host never syncs inside the epoch.
@@ -16,10 +18,16 @@ The pieces, each usable alone:
   :class:`NonFiniteLossError` naming the epoch and step.
 
 The loss is the mean softmax cross-entropy (:func:`fflab.losses.cross_entropy`) of
-:func:`fflab.mlp.apply`. Weight decay is L2 regularisation applied as an optax transform
-(``optax.add_decayed_weights`` ahead of the optimiser, on weight matrices only, not biases): for SGD and
-momentum this equals adding ``weight_decay / 2 * sum ||W||^2`` to the loss; for adaptive methods it is the
-coupled L2 of the original papers, not AdamW's decoupled decay. Reported losses exclude the decay term.
+:func:`fflab.mlp.apply`, or of :func:`fflab.norm.apply` with ``norm="batchnorm"`` (mini-batch statistics in
+training, running averages in evaluation) or ``norm="transform"`` (each step first re-estimates the
+transformations on its mini-batch with :func:`fflab.norm.transform_update`, which keeps the function).
+Data-parallel training over several devices: pass ``mesh`` (:func:`data_mesh`); each mini-batch is split
+across the mesh's ``"data"`` axis, the parameters are replicated, and XLA all-reduces the gradient.
+
+Weight decay is L2 regularisation applied as an optax transform (``optax.add_decayed_weights`` ahead of the
+optimiser, on weight matrices only, not biases): for SGD and momentum this equals adding ``weight_decay / 2
+* sum ||W||^2`` to the loss; for adaptive methods it is the coupled L2 of the original papers, not AdamW's
+decoupled decay. Reported losses exclude the decay term.
 
 References:
     Polyak (1964), Some methods of speeding up the convergence of iteration methods (momentum).
@@ -39,7 +47,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,8 +55,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fflab import checkpoint, data, losses, mlp
+from fflab import norm as norm_lib
 
 __all__ = [
     "OPTIMIZERS",
@@ -57,6 +67,7 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "TrainState",
+    "data_mesh",
     "evaluate",
     "fit",
     "init_state",
@@ -81,6 +92,7 @@ class TrainState(NamedTuple):
         epoch: int32 scalar, epochs completed.
         key: PRNG key of the run; epoch ``e`` shuffles with ``jax.random.fold_in(key, e)`` and the key itself
             never changes, so the data order of any epoch depends only on ``(key, e)``.
+        model_state: the state of a normalised network (:func:`fflab.norm.init`), ``()`` for a plain MLP.
     """
 
     params: Any
@@ -88,6 +100,7 @@ class TrainState(NamedTuple):
     step: jax.Array
     epoch: jax.Array
     key: jax.Array
+    model_state: Any = ()
 
 
 class EpochStats(NamedTuple):
@@ -309,14 +322,17 @@ def _strong(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, dtype=jnp.asarray(a).dtype), tree)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, key: jax.Array | int) -> TrainState:
+def init_state(
+    params, optimizer: optax.GradientTransformation, key: jax.Array | int, model_state: Any = ()
+) -> TrainState:
     """A fresh :class:`TrainState` at step 0, epoch 0.
 
     Args:
-        params: initial parameters, e.g. from :func:`fflab.mlp.init`.
+        params: initial parameters, e.g. from :func:`fflab.mlp.init` or :func:`fflab.norm.init`.
         optimizer: any ``optax.GradientTransformation``.
         key: the shuffling key (or an int seed for ``jax.random.key``); use a key independent of the one
             that initialised ``params``.
+        model_state: the second output of :func:`fflab.norm.init` for a normalised network.
     """
     if isinstance(key, int):
         key = jax.random.key(key)
@@ -327,18 +343,79 @@ def init_state(params, optimizer: optax.GradientTransformation, key: jax.Array |
         step=jnp.zeros((), jnp.int32),
         epoch=jnp.zeros((), jnp.int32),
         key=key,
+        model_state=_strong(model_state),
     )
 
 
-def _loss_fn(activation: str):
-    def loss(params, x, y):
-        return losses.cross_entropy(mlp.apply(params, x, activation=activation), y)
+def _check_norm(norm: str | None) -> None:
+    if norm is not None and norm not in norm_lib.NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid: None, {', '.join(map(repr, norm_lib.NORMS))}")
+
+
+def _forward(activation: str, norm: str | None, train: bool):
+    """``forward(params, model_state, x) -> (logits, model_state)`` of a plain or normalised MLP."""
+    if norm is None:
+        return lambda params, model_state, x: (mlp.apply(params, x, activation=activation), model_state)
+    return functools.partial(_norm_forward, activation=activation, norm=norm, train=train)
+
+
+def _norm_forward(params, model_state, x, *, activation, norm, train):
+    return norm_lib.apply(params, model_state, x, norm=norm, activation=activation, train=train)
+
+
+def _loss_fn(activation: str, norm: str | None = None, train: bool = True):
+    forward = _forward(activation, norm, train)
+
+    def loss(params, model_state, x, y):
+        logits, model_state = forward(params, model_state, x)
+        return losses.cross_entropy(logits, y), model_state
 
     return loss
 
 
+def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D device mesh with axis ``"data"`` for data-parallel training.
+
+    Args:
+        devices: how many local devices to use (the first ``devices`` of ``jax.devices()``), a list of
+            devices, or ``None`` for all of them.
+
+    Raises:
+        ValueError: more devices asked for than there are.
+    """
+    available = jax.devices()
+    if devices is None:
+        chosen = available
+    elif isinstance(devices, int):
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"asked for {devices} devices but {len(available)} are available ({available[0].platform}); "
+                "on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N"
+            )
+        chosen = available[:devices]
+    else:
+        chosen = list(devices)
+    return Mesh(np.array(chosen), ("data",))
+
+
+def _check_mesh(mesh: Mesh | None, batch_size: int) -> None:
+    if mesh is None:
+        return
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"the mesh needs a 'data' axis, got axes {mesh.axis_names}")
+    n = mesh.shape["data"]
+    if batch_size % n:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {n} devices of the mesh")
+
+
 def make_train_epoch(
-    optimizer: optax.GradientTransformation, *, batch_size: int, activation: str = "relu"
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    activation: str = "relu",
+    norm: str | None = None,
+    transform_momentum: float = 0.9,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, EpochStats]]:
     """The jitted function that trains one epoch.
 
@@ -346,6 +423,12 @@ def make_train_epoch(
         optimizer: any ``optax.GradientTransformation``.
         batch_size: samples per mini-batch; the last ``n % batch_size`` samples of each shuffle are dropped.
         activation: hidden non-linearity of :func:`fflab.mlp.apply`.
+        norm: ``None`` (plain MLP), ``"batchnorm"`` or ``"transform"``; the state's params and
+            ``model_state`` must come from :func:`fflab.norm.init` with the same ``norm``.
+        transform_momentum: with ``"transform"``, the weight of the old slopes and offsets when each step
+            re-estimates them on its mini-batch (:func:`fflab.norm.transform_update`).
+        mesh: a mesh with a ``"data"`` axis (:func:`data_mesh`) to split each mini-batch across devices;
+            ``batch_size`` must be divisible by its size. ``None``: no constraint (one device).
 
     Returns:
         ``train_epoch(state, x, y) -> (state, stats)`` with ``x: (n, d)`` and ``y: (n,)`` int on device.
@@ -354,53 +437,74 @@ def make_train_epoch(
         per-step :class:`EpochStats`. It compiles once per data shape and dtype.
     """
     mlp.activation_fn(activation)  # fail early on a bad name
+    _check_norm(norm)
     batch_size = int(batch_size)
-    grad_fn = jax.value_and_grad(_loss_fn(activation))
+    _check_mesh(mesh, batch_size)
+    grad_fn = jax.value_and_grad(_loss_fn(activation, norm, train=True), has_aux=True)
+    split = NamedSharding(mesh, PartitionSpec("data")) if mesh is not None else None
 
     @jax.jit
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, EpochStats]:
         idx = data.batch_indices(jax.random.fold_in(state.key, state.epoch), x.shape[0], batch_size)
 
         def step(carry, batch):
-            params, opt_state = carry
-            loss, grads = grad_fn(params, jnp.take(x, batch, axis=0), jnp.take(y, batch, axis=0))
+            params, opt_state, model_state = carry
+            xb, yb = jnp.take(x, batch, axis=0), jnp.take(y, batch, axis=0)
+            if split is not None:
+                xb = jax.lax.with_sharding_constraint(xb, split)
+                yb = jax.lax.with_sharding_constraint(yb, split)
+            if norm == "transform":
+                params, model_state = norm_lib.transform_update(
+                    params, model_state, xb, activation=activation, momentum=transform_momentum
+                )
+            (loss, model_state), grads = grad_fn(params, model_state, xb, yb)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             lr = learning_rate(opt_state).astype(loss.dtype)
-            return (params, opt_state), EpochStats(loss, optax.tree.norm(grads).astype(loss.dtype), lr)
+            stats = EpochStats(loss, optax.tree.norm(grads).astype(loss.dtype), lr)
+            return (params, opt_state, model_state), stats
 
-        (params, opt_state), stats = jax.lax.scan(step, (state.params, state.opt_state), idx)
-        new = TrainState(params, opt_state, state.step + idx.shape[0], state.epoch + 1, state.key)
+        carry = (state.params, state.opt_state, state.model_state)
+        (params, opt_state, model_state), stats = jax.lax.scan(step, carry, idx)
+        steps = state.step + idx.shape[0]
+        new = TrainState(params, opt_state, steps, state.epoch + 1, state.key, model_state)
         return new, stats
 
     return train_epoch
 
 
 @functools.cache
-def _evaluator(activation: str):
-    loss = _loss_fn(activation)
+def _evaluator(activation: str, norm: str | None):
+    forward = _forward(activation, norm, train=False)
 
     @jax.jit
-    def sums(params, x, y):
-        logits = mlp.apply(params, x, activation=activation)
-        return loss(params, x, y), losses.error_rate(logits, y)
+    def sums(params, model_state, x, y):
+        logits, _ = forward(params, model_state, x)
+        return losses.cross_entropy(logits, y), losses.error_rate(logits, y)
 
     return sums
 
 
-def evaluate(params, x, y, *, activation: str = "relu") -> tuple[float, float]:
+def evaluate(
+    params, x, y, *, activation: str = "relu", norm: str | None = None, model_state: Any = ()
+) -> tuple[float, float]:
     """Mean cross-entropy and error rate on a whole data set in one jitted pass.
 
     Args:
-        params: MLP parameters.
+        params: MLP parameters (plain, or from :func:`fflab.norm.init`).
         x: ``(n, d)`` inputs (cast to the parameters' dtype).
         y: ``(n,)`` integer labels.
+        activation: hidden non-linearity.
+        norm, model_state: for a normalised network; batch norm evaluates with its running averages.
 
     Returns:
         ``(loss, error)`` as Python floats; ``error`` is a fraction in ``[0, 1]``.
     """
+    _check_norm(norm)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    loss, err = _evaluator(activation)(params, jnp.asarray(x, dtype), jnp.asarray(y, jnp.int32))
+    loss, err = _evaluator(activation, norm)(
+        params, model_state, jnp.asarray(x, dtype), jnp.asarray(y, jnp.int32)
+    )
     return float(loss), float(err)
 
 
@@ -433,6 +537,8 @@ def fit(
     epochs: int,
     batch_size: int,
     activation: str = "relu",
+    norm: str | None = None,
+    mesh: Mesh | None = None,
     test: tuple[Any, Any] | None = None,
     val: tuple[Any, Any] | None = None,
     history: dict[str, list] | None = None,
@@ -457,6 +563,11 @@ def fit(
         epochs: the total number of epochs (not the number still to run).
         batch_size: samples per step; each epoch runs ``n // batch_size`` steps.
         activation: hidden non-linearity.
+        norm: ``None``, ``"batchnorm"`` or ``"transform"`` for a network from :func:`fflab.norm.init`
+            (its state in ``state.model_state``); see :func:`make_train_epoch`.
+        mesh: a device mesh with a ``"data"`` axis (:func:`data_mesh`) for data-parallel training: the data
+            and state are replicated over it and each mini-batch is split across it. The result equals
+            one-device training up to float rounding.
         test, val: optional ``(x, y)`` sets evaluated after every epoch (empty sets are skipped).
         history: the history so far, when resuming.
         callback: ``callback(epoch, state)`` after each epoch, once the epoch is recorded and checkpointed
@@ -501,7 +612,15 @@ def fit(
         )
     evals = {"test": _check_xy("test", test, dtype=dtype), "val": _check_xy("val", val, dtype=dtype)}
     evals = {name: xy for name, xy in evals.items() if xy is not None}
-    train_epoch = make_train_epoch(optimizer, batch_size=batch_size, activation=activation)
+    train_epoch = make_train_epoch(
+        optimizer, batch_size=batch_size, activation=activation, norm=norm, mesh=mesh
+    )
+    if mesh is not None:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        state = jax.device_put(state, replicated)
+        x, y = jax.device_put((x, y), replicated)
+        evals = {name: jax.device_put(xy, replicated) for name, xy in evals.items()}
+    evaluate_ = functools.partial(evaluate, activation=activation, norm=norm)
     history = {k: list(v) for k, v in (history or {}).items()}
     snapshot_epochs = {int(e) for e in snapshot_epochs}
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -516,7 +635,7 @@ def fit(
             new, stats = train_epoch(state, x, y)
             stats = EpochStats(*(np.asarray(s) for s in stats))  # the one host sync per epoch
             record = {"epoch": epoch}
-            record["train_loss"], train_err = evaluate(new.params, x, y, activation=activation)
+            record["train_loss"], train_err = evaluate_(new.params, x, y, model_state=new.model_state)
             bad = ~(np.isfinite(stats.loss) & np.isfinite(stats.grad_norm))
             if bad.any() or not math.isfinite(record["train_loss"]):
                 # A finite epoch whose end-of-epoch loss is not finite went wrong in its last update.
@@ -525,7 +644,7 @@ def fit(
             state = new
             record["train_error"] = 100.0 * train_err
             for name, (xe, ye) in evals.items():
-                loss, err = evaluate(state.params, xe, ye, activation=activation)
+                loss, err = evaluate_(state.params, xe, ye, model_state=state.model_state)
                 record[f"{name}_loss"], record[f"{name}_error"] = loss, 100.0 * err
             record["batch_loss"] = float(stats.loss.mean())
             record["grad_norm"] = float(stats.grad_norm.mean())

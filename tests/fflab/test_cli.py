@@ -64,6 +64,9 @@ def test_train_digits_writes_metrics_and_resumes(tmp_path, capsys):
         (["train", "--dataset", "digits", "--out", "{tmp}", "--resume"], "no checkpoint"),
         (["train", "--dataset", "mnist", "--data-dir", "{tmp}", "--out", "{tmp}"], "not found"),
         (["train", "--out", "{tmp}"], "--dataset"),
+        (["train", "--dataset", "digits", "--devices", "64", "--out", "{tmp}"], "--devices 64: only"),
+        (["train", "--dataset", "digits", "--batchnorm", "--transform", "--out", "{tmp}"], "not allowed"),
+        (["train", "--dataset", "digits", "--batchnorm", "--hidden", "", "--out", "{tmp}"], "hidden layer"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -74,6 +77,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, argv, me
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     line = _fail(capsys, [a.replace("{tmp}", str(tmp_path / "out")) for a in argv])
     assert message in line
+
+
+@pytest.mark.parametrize("flag", ["--batchnorm", "--transform"])
+def test_train_normalised_network(tmp_path, capsys, flag):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--epochs", "3", "--hidden", "32,16", flag, "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    assert f"with {flag[2:]}" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["norm"] == flag[2:]
+    assert metrics["test_error"] < 20.0  # 10 classes: chance is 90%
+    # Resuming without the flag keeps the network; switching it is refused.
+    assert cli.main(["train", "--dataset", "digits", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["norm"] == flag[2:]
+    other = "--transform" if flag == "--batchnorm" else "--batchnorm"
+    switched = ["train", "--dataset", "digits", other, "--out", str(out), "--resume"]
+    assert "--batchnorm/--transform" in _fail(capsys, switched)
 
 
 def test_non_finite_loss_exits_2(tmp_path, capsys):

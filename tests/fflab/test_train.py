@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from fflab import checkpoint, data, losses, mlp, train
+from fflab import norm as fflab_norm
 
 TOL = {jnp.float32: 1e-6, jnp.float64: 1e-12}
 
@@ -327,3 +328,123 @@ def test_fit_rejects_bad_data(synthetic):
         train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=1, batch_size=10_000)
     with pytest.raises(ValueError, match=r"y: \(n,\)"):
         train.fit(state, opt, (synthetic.x_train, synthetic.y_train[:5]), epochs=1, batch_size=10)
+
+
+# --- normalised networks ---
+
+
+def _norm_state(opt, sizes, norm, *, seed=0, dtype=jnp.float64):
+    k_init, k_shuffle = jax.random.split(jax.random.key(seed))
+    params, model_state = fflab_norm.init(k_init, sizes, norm=norm, dtype=dtype)
+    return train.init_state(params, opt, k_shuffle, model_state)
+
+
+def test_batchnorm_training_updates_running_stats_and_evaluates_with_them(synthetic):
+    opt = train.make_optimizer("momentum", 0.1)
+    state = _norm_state(opt, [8, 16, 4], "batchnorm")
+    start, _ = train.evaluate(state.params, synthetic.x_train, synthetic.y_train, norm="batchnorm",
+                              model_state=state.model_state)
+    result = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=6, batch_size=50,
+                       norm="batchnorm", progress=False)
+    hist = result.history
+    assert hist["train_loss"][-1] < 0.7 * start
+    # The running mean tracks the pre-activations' mean over the training data.
+    (bn,) = result.state.model_state
+    z = jnp.asarray(synthetic.x_train) @ result.state.params[0]["W"]
+    assert np.allclose(bn.mean, z.mean(0), atol=0.15 * float(jnp.abs(z.mean(0)).max()) + 1e-3)
+    # evaluate() uses the running averages: the same number as norm.apply(train=False) by hand.
+    logits, _ = fflab_norm.apply(result.state.params, result.state.model_state, jnp.asarray(synthetic.x_test),
+                                 norm="batchnorm", train=False)
+    expected = float(losses.cross_entropy(logits, jnp.asarray(synthetic.y_test)))
+    loss, _ = train.evaluate(result.state.params, synthetic.x_test, synthetic.y_test, norm="batchnorm",
+                             model_state=result.state.model_state)
+    assert math.isclose(loss, expected, rel_tol=1e-12)
+    assert math.isclose(hist["train_loss"][-1], train.evaluate(
+        result.state.params, synthetic.x_train, synthetic.y_train, norm="batchnorm",
+        model_state=result.state.model_state)[0], rel_tol=1e-12)
+
+
+def test_transform_steps_keep_the_function_and_move_the_statistics(synthetic):
+    # With a zero learning rate only the transformations change, and they leave the function unchanged.
+    opt = optax.sgd(0.0)
+    state = _norm_state(opt, [8, 16, 12, 4], "transform", seed=3)
+    x = jnp.asarray(synthetic.x_test)
+    before, _ = fflab_norm.apply(state.params, state.model_state, x, norm="transform")
+    new, _ = train.make_train_epoch(opt, batch_size=50, norm="transform")(
+        state, jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train))
+    after, _ = fflab_norm.apply(new.params, new.model_state, x, norm="transform")
+    np.testing.assert_allclose(after, before, rtol=1e-10, atol=1e-10)
+    # relu: alpha = mean f'(z) is the fraction of active units, so it moved off 0 into (0, 1].
+    alpha = np.concatenate([s.alpha for s in new.model_state])
+    assert np.all(alpha >= 0) and np.all(alpha <= 1) and alpha.mean() > 0.1
+    # And with a learning rate it trains.
+    opt = train.make_optimizer("momentum", 0.05)
+    state = _norm_state(opt, [8, 16, 12, 4], "transform", seed=3)
+    start, _ = train.evaluate(state.params, synthetic.x_train, synthetic.y_train, norm="transform",
+                              model_state=state.model_state)
+    hist = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=6, batch_size=50,
+                     norm="transform", progress=False).history
+    assert hist["train_loss"][-1] < 0.7 * start
+
+
+def test_norm_name_and_mesh_are_checked():
+    opt = train.make_optimizer("sgd", 0.1)
+    with pytest.raises(ValueError, match="unknown norm 'layernorm'"):
+        train.make_train_epoch(opt, batch_size=10, norm="layernorm")
+    with pytest.raises(ValueError, match="devices"):
+        train.data_mesh(jax.device_count() + 1)
+    with pytest.raises(ValueError, match="divisible"):
+        train.make_train_epoch(opt, batch_size=10, mesh=_FakeMesh())
+
+
+class _FakeMesh:
+    axis_names = ("data",)
+    shape = {"data": 3}
+
+
+_SHARDED = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from fflab import data, mlp, norm, train
+assert jax.device_count() == 4, jax.devices()
+ds = data.load("synthetic", n_train=400, n_test=100, dim=8, num_classes=4, teacher_width=16)
+out = {}
+for kind in [None, "batchnorm"]:
+    runs = []
+    for mesh in [None, train.data_mesh(4)]:
+        opt = train.make_optimizer("momentum", 0.1)
+        k_init, k_shuffle = jax.random.split(jax.random.key(0))
+        if kind is None:
+            params, ms = mlp.init(k_init, [8, 32, 4], dtype=jnp.float32), ()
+        else:
+            params, ms = norm.init(k_init, [8, 32, 4], norm=kind, dtype=jnp.float32)
+        state = train.init_state(params, opt, k_shuffle, ms)
+        r = train.fit(state, opt, (ds.x_train, ds.y_train), epochs=3, batch_size=40, norm=kind, mesh=mesh,
+                      test=(ds.x_test, ds.y_test), progress=False)
+        tree = (r.state.params, r.state.model_state)
+        leaves = [np.asarray(a).ravel() for a in jax.tree_util.tree_leaves(tree)]
+        runs.append({"params": np.concatenate(leaves).tolist(), "loss": r.history["train_loss"],
+                     "shardings": len(r.state.params[0]["W"].sharding.device_set)})
+    out[str(kind)] = runs
+json.dump(out, sys.stdout)
+"""
+
+
+def test_data_parallel_training_matches_one_device():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_ENABLE_X64", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    for kind, (one, four) in json.loads(proc.stdout).items():
+        assert (one["shardings"], four["shardings"]) == (1, 4), kind
+        # Same arithmetic up to the order of float32 sums across devices.
+        np.testing.assert_allclose(four["params"], one["params"], rtol=2e-4, atol=2e-5, err_msg=kind)
+        np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4, err_msg=kind)
