@@ -10,6 +10,7 @@ import importlib
 _FUNCTIONS = {
     "hvp": "curvature",
     "hessian_operator": "curvature",
+    "data_mesh": "curvature",
     "hessian": "curvature",
     "hessian_blocks": "curvature",
     "lanczos": "krylov",

@@ -4,6 +4,10 @@ Flat vectors and matrices use the order of ``jax.flatten_util.ravel_pytree(param
 where a function chunks over data (``batch_size``), every leaf of every data argument shares a leading sample
 axis and the loss is a *mean* over that axis.
 
+With ``hessian_operator(..., mesh=data_mesh())`` the data are sharded over the devices of a
+``jax.sharding.Mesh`` and each product is one ``jax.shard_map`` program with one all-reduce
+(see :mod:`analysis._sharding`).
+
 Products are forward-over-reverse (``jax.jvp`` of ``jax.grad``), the cheapest exact Hessian-vector product
 [Pearlmutter 1994]; the generalised Gauss-Newton matrix ``J^T H_out J`` follows [Schraudolph 2002].
 
@@ -25,13 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 from jax.tree_util import Partial
+
+from analysis import _sharding
+from analysis._sharding import data_mesh
 
 __all__ = [
     "CURVATURES",
     "DEFAULT_CHUNK_SIZE",
     "OUTPUT_LOSSES",
     "HessianBlocks",
+    "data_mesh",
     "hessian",
     "hessian_blocks",
     "hessian_operator",
@@ -117,16 +126,14 @@ def _check_inputs(loss_fn: Callable, params, args) -> None:
     _check_scalar_loss(loss_fn, params, args)
 
 
-def _num_samples(args, batch_size: int) -> int:
+def _num_samples(args, what: str) -> int:
     leaves = jax.tree_util.tree_leaves(args)
     if not leaves:
-        raise ValueError("batch_size needs data arguments with a leading sample axis, got none")
+        raise ValueError(f"{what} needs data arguments with a leading sample axis, got none")
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         shapes = [jnp.shape(leaf) for leaf in leaves]
-        raise ValueError(
-            f"batch_size needs every data leaf to share a leading sample axis, got shapes {shapes}"
-        )
+        raise ValueError(f"{what} needs every data leaf to share a leading sample axis, got shapes {shapes}")
     return sizes.pop()
 
 
@@ -188,6 +195,7 @@ class _Product:
     batch_size: int | None
     output_fn: Callable | None
     outer_loss: Callable | None
+    mesh: Mesh | None = None
 
     def __call__(self, params, *rest):
         return _flat_product(self, params, *rest)
@@ -196,10 +204,19 @@ class _Product:
 @functools.partial(jax.jit, static_argnums=0)
 def _flat_product(spec: _Product, params, *rest):
     *args, v = rest
-    flat, unravel = ravel_pytree(params)
+    flat = ravel_pytree(params)[0]
     if v.shape != flat.shape:
         raise ValueError(f"matvec expects a vector of shape {flat.shape}, got {v.shape}")
-    v_tree = unravel(v.astype(flat.dtype))
+    v = v.astype(flat.dtype)
+    if spec.mesh is None:
+        return _local_product(spec, params, v, tuple(args))
+    return _sharding.sharded_mean(functools.partial(_local_product, spec), spec.mesh, params, v, tuple(args))
+
+
+def _local_product(spec: _Product, params, v, args):
+    """The mean product over the samples in ``args`` (all of them, or one device's share)."""
+    flat, unravel = ravel_pytree(params)
+    v_tree = unravel(v)
 
     def product(data):
         if spec.curvature == "hessian":
@@ -209,8 +226,8 @@ def _flat_product(spec: _Product, params, *rest):
         return ravel_pytree(out)[0]
 
     if spec.batch_size is None:
-        return product(tuple(args))
-    return _chunked_mean(product, tuple(args), spec.batch_size, flat)
+        return product(args)
+    return _chunked_mean(product, args, spec.batch_size, flat)
 
 
 def _chunked_mean(product, args, batch_size, flat):
@@ -241,6 +258,7 @@ def hessian_operator(
     output_fn: Callable | None = None,
     loss: str | Callable | None = None,
     batch_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[Partial, int]:
     """Matrix-free curvature operator ``v -> C v`` on flat vectors (Hessian or Gauss-Newton ``C``).
 
@@ -273,7 +291,18 @@ def hessian_operator(
         batch_size: if set, accumulate the product over chunks of this many samples (a ``lax.scan`` over
             the full chunks plus one exact remainder chunk). Assumes every leaf of every data argument has
             the sample axis first and the loss is a *mean* over samples, so that
-            ``C = sum_c (n_c / n) C_c``; the result then equals the full-batch product.
+            ``C = sum_c (n_c / n) C_c``; the result then equals the full-batch product. With ``mesh``
+            the chunks are of each device's samples.
+        mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis of ``D`` devices (:func:`data_mesh`), for
+            data-parallel products. The data leaves are placed with ``NamedSharding(mesh, P("data"))``
+            along their sample axis (which must divide by ``D``, else a ``ValueError``; no padding, since
+            ``loss_fn`` has no per-sample weights), params and vectors replicated. Under ``jax.shard_map``
+            each device takes the mean product of its ``n / D`` samples and one ``lax.psum`` over
+            ``"data"`` adds them up (one all-reduce of ``dim`` scalars per product); the result is the
+            full-batch mean, equal to the one-device product up to rounding. The product stays one
+            compiled program, so Lanczos loops over it never return to the host. Data already sharded
+            this way (a global ``jax.Array`` on several hosts after ``jax.distributed.initialize()``)
+            is kept as it is. ``None`` or a one-device ``"data"`` axis: the one-device path.
 
     Returns:
         ``(matvec, dim)`` with ``matvec: (dim,) -> (dim,)`` in the dtype of the raveled params.
@@ -284,8 +313,14 @@ def hessian_operator(
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
-        if batch_size >= _num_samples(args, batch_size):
+    if mesh is not None:
+        local = _sharding.check_divisible(_num_samples(args, "mesh"), mesh)
+        if _sharding.num_shards(mesh) == 1:
+            mesh = None  # the one-device path
+        elif batch_size is not None and batch_size >= local:
             batch_size = None
+    if batch_size is not None and mesh is None and batch_size >= _num_samples(args, "batch_size"):
+        batch_size = None
     outer = None
     if curvature == "ggn":
         if output_fn is None or loss is None:
@@ -320,8 +355,12 @@ def hessian_operator(
         if loss_fn is None:
             raise ValueError("curvature='hessian' needs loss_fn")
         _check_inputs(loss_fn, params, args)
-    spec = _Product(loss_fn if curvature == "hessian" else None, curvature, batch_size, output_fn, outer)
+    spec = _Product(
+        loss_fn if curvature == "hessian" else None, curvature, batch_size, output_fn, outer, mesh
+    )
     dim = int(ravel_pytree(params)[0].size)
+    if mesh is not None:
+        params, args = _sharding.place(mesh, params, args)
     return Partial(spec, params, *args), dim
 
 
