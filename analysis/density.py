@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.krylov import _as_operator, _check_count, _iterate, _start
+from analysis.krylov import _as_operator, _check_count, _hoisted, _iterate, _start
 
 __all__ = ["PROBES", "TRACE_METHODS", "SpectralDensity", "TraceEstimate", "spectral_density", "trace"]
 
@@ -98,6 +98,10 @@ def _probes(key, num, dim, dtype, kind):
 
 @functools.partial(jax.jit, static_argnums=2)
 def _slq(matvec, probes, num_steps):
+    # Linearise once, outside the vmap: the probes share the operator's v-independent work.
+    num_probes, dim = probes.shape
+    matvec = _hoisted(matvec, dim, probes.dtype, num_probes * (num_steps + 1) * dim * probes.dtype.itemsize)
+
     def quadrature(v):
         # No restart on breakdown (so no key): the zero block it leaves carries zero quadrature weight.
         _, proj, norms = _iterate(

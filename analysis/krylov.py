@@ -19,6 +19,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -91,6 +92,26 @@ def _as_operator(matvec: Callable, dim) -> tuple[Partial, jnp.dtype]:
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"matvec must return real floating vectors, got dtype {out.dtype}")
     return op, out.dtype
+
+
+def _hoisted(matvec, dim: int, dtype, budget: int):
+    """``matvec`` with its work that does not depend on ``v`` done once, for use inside a loop.
+
+    For a linear operator, ``jax.linearize`` at ``v = 0`` evaluates everything that is independent of
+    ``v`` (for a Hessian-vector product: the forward and backward pass at the parameters) once and
+    returns a function that runs only the rest (the tangent passes), about a third less work per
+    product for an MLP. The stored intermediates cost memory, so the operator is hoisted only when they
+    fit in ``budget`` bytes (callers pass the size of the Krylov basis they hold anyway; an operator
+    that chunks a large data set keeps its chunked, recomputing form). Called while tracing.
+    """
+    try:
+        lin = jax.linearize(matvec, jnp.zeros((dim,), dtype))[1]
+    except Exception:  # any failure to linearise (a callback, say): use the operator as it is
+        return matvec
+    # If the intermediates are too large, the unused linearisation is dead code (XLA drops it).
+    leaves = jax.tree_util.tree_leaves(lin)
+    size = sum(math.prod(jnp.shape(leaf)) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
+    return lin if size <= budget else matvec
 
 
 def _check_count(name: str, value, low: int, high: int) -> int:
@@ -172,6 +193,8 @@ def _start(v0, num_steps):
 
 
 def _run_lanczos(matvec, v0, key, num_steps):
+    dim = v0.shape[0]
+    matvec = _hoisted(matvec, dim, v0.dtype, (num_steps + 1) * dim * v0.dtype.itemsize)
     basis, proj, norms = _iterate(matvec, *_start(v0, num_steps), key, 0, num_steps, three_term=True)
     return LanczosResult(
         alphas=jnp.diagonal(proj),
@@ -246,6 +269,7 @@ def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
 def _cycle(matvec, basis, proj, norms, key, k, order, start):
     """Expand to ``m`` Lanczos vectors, then thick-restart on the ``keep`` Ritz pairs at the wanted end."""
     m = proj.shape[0]
+    matvec = _hoisted(matvec, basis.shape[1], basis.dtype, basis.size * basis.dtype.itemsize)
     basis, proj, norms = _iterate(matvec, basis, proj, norms, key, start, m)
     theta, vectors = jnp.linalg.eigh(proj)
     # `order` (an argument, so that every `which` shares one compiled program) picks the wanted
