@@ -436,10 +436,10 @@ def _dense_hessian(loss_fn, chunk_size, params, args):
     dim = int(offsets[-1])
     if dim == 0:
         return jnp.zeros((0, 0), dtype)
-    rows, group_of = [], np.zeros(dim, np.int32)
-    for g, (a, b) in enumerate(_leaf_groups(sizes, _MIN_GROUP_SIZE)):
+    out, bounds = jnp.zeros((dim, dim), dtype), []
+    for a, b in _leaf_groups(sizes, _MIN_GROUP_SIZE):
         lo, hi = int(offsets[a]), int(offsets[b])
-        group_of[lo:hi] = g
+        bounds.append((lo, hi))
         n = hi - lo
         if n == 0:
             continue
@@ -458,16 +458,22 @@ def _dense_hessian(loss_fn, chunk_size, params, args):
         def column(k, n=n, tangent=tangent, unravel=unravel, group_dtype=group_dtype):
             return tangent(unravel((jnp.arange(n) == k).astype(group_dtype)))
 
-        # Chunks of the identity; the last chunk is padded (a few wasted columns) rather than traced twice.
+        # Chunks of the identity, each written straight into the output (the loop carries it, so XLA
+        # updates it in place); the last chunk starts early enough to fit, recomputing a few columns.
         chunk = min(chunk_size, n)
         num_chunks = -(-n // chunk)
-        ks = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
-        cols = lax.map(jax.vmap(column), ks).reshape(num_chunks * chunk, hi)[:n]  # H[lo:hi, :hi]
-        rows.append(jnp.pad(cols, ((0, 0), (0, dim - hi))))
-    lower = jnp.concatenate(rows)
-    group_of = jnp.asarray(group_of)
-    strictly_lower = group_of[:, None] > group_of[None, :]
-    return lower + jnp.where(strictly_lower, lower, 0).T
+
+        def fill(i, out, lo=lo, n=n, chunk=chunk, column=column):
+            start = jnp.minimum(i * chunk, n - chunk)
+            cols = jax.vmap(column)(start + jnp.arange(chunk))  # H[lo + start : ..., :hi]
+            return lax.dynamic_update_slice(out, cols, (lo + start, 0))
+
+        out = lax.fori_loop(0, num_chunks, fill, out)
+        # Mirror this group's blocks left of the diagonal block into the column above it, one block at a
+        # time, in place: no second (P, P) buffer.
+        for plo, phi in bounds[:-1]:
+            out = lax.dynamic_update_slice(out, out[lo:hi, plo:phi].T, (plo, lo))
+    return out
 
 
 class HessianBlocks(NamedTuple):
