@@ -71,7 +71,7 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config()
+QUICK = Config(learning_rates=(1.0,))  # the claims read only the highest rate
 FULL = Config(dataset="fashion-mnist", grid=161, num_starts=1000, train_samples=10000, width=128,
               learning_rates=(0.1, 0.3, 1.0), seeds=8, epochs=5, batch_size=64)
 
@@ -165,26 +165,22 @@ def _cliff(config: Config) -> dict:
     line_loss, line_grad = value_grad(line)
     line_gnorm = np.linalg.norm(np.asarray(line_grad), axis=1).reshape(len(offsets), 2)
 
-    # One path from the high plateau, with and without clipping.
-    paths = {}
-    for label, clip in (("unclipped", None), ("clipped", config.clip)):
-        opt = make_optimizer(config.lr, clip)
-        path, values = descend(opt, jnp.asarray([config.start]), config.descent_steps)
-        path, values = np.asarray(path[0]), np.asarray(values[0])
-        jumps = np.linalg.norm(np.diff(path, axis=0), axis=1)
-        paths[label] = {"path": path, "loss": values, "max_jump": float(jumps.max()),
-                        "max_jump_step": int(jumps.argmax()), "final_loss": float(values[-1])}
-
-    # Many random starts.
+    # One path from the high plateau (row 0) and many random starts, with and without clipping: one
+    # descent (one compilation) per optimiser; the rows are independent.
     lo = np.array([config.w_range[0], config.b_range[0]])
     hi = np.array([config.w_range[1], config.b_range[1]])
     key = jax.random.key(config.seed)
     starts = lo + (hi - lo) * np.asarray(jax.random.uniform(key, (config.num_starts, 2), jnp.float64))
-    starts_result = {}
+    paths, starts_result = {}, {}
     for label, clip in (("unclipped", None), ("clipped", config.clip)):
-        path, values = descend(make_optimizer(config.lr, clip), jnp.asarray(starts), config.descent_steps)
-        final = np.asarray(values[:, -1])
-        jumps = np.linalg.norm(np.diff(np.asarray(path), axis=1), axis=2).max(axis=1)
+        all_starts = jnp.asarray(np.concatenate([np.asarray([config.start], float), starts]))
+        all_paths, all_values = descend(make_optimizer(config.lr, clip), all_starts, config.descent_steps)
+        path, values = np.asarray(all_paths[0]), np.asarray(all_values[0])
+        jumps = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        paths[label] = {"path": path, "loss": values, "max_jump": float(jumps.max()),
+                        "max_jump_step": int(jumps.argmax()), "final_loss": float(values[-1])}
+        final = np.asarray(all_values[1:, -1])
+        jumps = np.linalg.norm(np.diff(np.asarray(all_paths[1:]), axis=1), axis=2).max(axis=1)
         starts_result[label] = {
             "final_loss": final,
             "success_fraction": float(np.mean(final < config.success_loss)),
