@@ -152,8 +152,9 @@ def train_net(config: Config, ds, sizes, dtype, net: str) -> dict:
     }
 
 
-def invariance(params, model_state, x, *, activation: str) -> dict:
-    """Re-estimate a trained ``transform`` net's transformations on ``x``: how far do its outputs move?"""
+@functools.cache
+def _invariance_check(activation: str):
+    """The jitted check of :func:`invariance`, one per activation (so repeated calls compile once)."""
 
     @jax.jit
     def check(params, model_state, x):
@@ -164,7 +165,12 @@ def invariance(params, model_state, x, *, activation: str) -> dict:
                                    zip(model_state, s2, strict=True)]))
         return jnp.max(jnp.abs(after - before)), jnp.max(jnp.abs(before)), moved
 
-    change, scale, moved = (float(v) for v in check(params, model_state, x))
+    return check
+
+
+def invariance(params, model_state, x, *, activation: str) -> dict:
+    """Re-estimate a trained ``transform`` net's transformations on ``x``: how far do its outputs move?"""
+    change, scale, moved = (float(v) for v in _invariance_check(activation)(params, model_state, x))
     return {"max_abs_logit_change": change, "max_abs_logit": scale, "max_alpha_change": moved}
 
 
@@ -216,18 +222,22 @@ def hessian_comparison(config: Config, ds, dtype) -> dict:
     flat, unravel = ravel_pytree(plain_params)
 
     @jax.jit
-    def dense_hessian(flat, model_state, x, y):  # P is small (a few thousand): jax.hessian in one go
-        return jax.hessian(lambda v: loss_fn(unravel(v), model_state, x, y))(flat)
+    def loss_and_hessian(flat, model_state, x, y):  # P is small (a few thousand): jax.hessian in one go
+        def f(v):
+            return loss_fn(unravel(v), model_state, x, y)
+
+        return f(flat), jax.hessian(f)(flat)
 
     out = {"sizes": sizes, "num_params": int(sum(a.size for a in jax.tree_util.tree_leaves(plain_params)))}
     for name, p, s in (("plain", plain_params, zero_state), ("transform", t_params, t_state)):
-        h = np.asarray(dense_hessian(ravel_pytree(p)[0], s, x, y), np.float64)
+        loss, h = loss_and_hessian(ravel_pytree(p)[0], s, x, y)
+        h = np.asarray(h, np.float64)
         h = 0.5 * (h + h.T)
         eigs = spectrum.eigenvalues(h)
         mags = np.sort(np.abs(eigs))[::-1]
         log_range, log_std = spectrum.log_spread(eigs, rtol=rtol)
         out[name] = {
-            "loss": float(loss_fn(p, s, x, y)),
+            "loss": float(loss),
             "offdiag_fraction": spectrum.diagonal_dominance(h),
             "lambda_max": float(eigs[-1]),
             "lambda_min": float(eigs[0]),

@@ -46,11 +46,16 @@ def test_largest_trainable_rate_recounted_from_the_definition(run):
         ok = [lr for lr, t in zip(bn.QUICK.sweep_lrs, trains, strict=True) if t]
         assert s["max_trainable_lr"] == (max(ok) if ok else None)
         assert s["steps"] == bn.QUICK.sweep_steps
+        # The curve is the sweep's lane at learning_rate: at the sweep's end, that lane's error.
+        j = bn.QUICK.sweep_lrs.index(bn.QUICK.learning_rate)
+        at = r["curves"][setting]["steps"].index(bn.QUICK.sweep_steps)
+        assert r["curves"][setting]["test_accuracy"][at] == pytest.approx(100 - errors[j], abs=1e-3)
     big = r["largest_trainable_lr"]
     assert big["ratio"] == pytest.approx(big["batchnorm"] / big["plain"])
     assert big["ratio"] >= 5
 
 
+@pytest.mark.slow
 def test_sweep_lane_matches_a_separate_plain_sgd_run(run):
     """One vmapped lane (rate in the optimiser state) equals an unvmapped optax.sgd run on the same chunks."""
     _, saved, _ = run
@@ -98,23 +103,43 @@ def test_curve_claim_numbers_recounted(run):
     assert r["drift"]["batchnorm"]["median_range"] < r["drift"]["plain"]["median_range"]
 
 
+def _np_net(rng, sizes, *, batchnorm: bool):
+    """Random ``(params, model_state)`` from numpy: no per-shape PRNG compilations in the default run."""
+    params = []
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)
+        if batchnorm and k < len(sizes) - 2:
+            params.append({"W": w, "gamma": rng.uniform(0.5, 2.0, n_out), "beta": rng.normal(size=n_out)})
+        else:
+            params.append({"W": w, "b": rng.normal(size=n_out)})
+    state = tuple(norm.BatchNormState(np.zeros(n), np.ones(n)) for n in sizes[1:-1]) if batchnorm else ()
+    return params, state
+
+
+@jax.jit
+def _forward_both(plain, p, s, x):
+    """What the sigmoid-input test compares, in one compiled program for all seeds."""
+    z_plain = bn.sigmoid_inputs(plain, (), x, setting="plain", activation="sigmoid")
+    _, hidden = mlp.apply(plain, x, activation="sigmoid", return_hidden=True)
+    z_bn = bn.sigmoid_inputs(p, s, x, setting="batchnorm", activation="sigmoid")
+    logits, _ = norm.apply(p, s, x, norm="batchnorm", activation="sigmoid", train=True)
+    return z_plain, hidden[-1], z_bn, logits
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigmoid_inputs_feed_the_forward_pass(seed):
     sizes = [7, 6, 5, 4, 3]
-    key, kx = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(kx, (20, sizes[0]))
-    params = mlp.init(key, sizes)
-    z = bn.sigmoid_inputs(params, (), x, setting="plain", activation="sigmoid")
-    _, hidden = mlp.apply(params, x, activation="sigmoid", return_hidden=True)
-    np.testing.assert_allclose(jax.nn.sigmoid(z), hidden[-1], rtol=1e-10, atol=1e-12)
-    p, s = norm.init(key, sizes, norm="batchnorm")
-    p[1]["beta"] = p[1]["beta"] + 0.3
-    z = bn.sigmoid_inputs(p, s, x, setting="batchnorm", activation="sigmoid")
-    logits, _ = norm.apply(p, s, x, norm="batchnorm", activation="sigmoid", train=True)
-    np.testing.assert_allclose(jax.nn.sigmoid(z) @ p[-1]["W"] + p[-1]["b"], logits, rtol=1e-10, atol=1e-12)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(20, sizes[0]))
+    plain, _ = _np_net(rng, sizes, batchnorm=False)
+    p, s = _np_net(rng, sizes, batchnorm=True)
+    z, last_hidden, z_bn, logits = (np.asarray(v) for v in _forward_both(plain, p, s, x))
+    np.testing.assert_allclose(1 / (1 + np.exp(-z)), last_hidden, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(1 / (1 + np.exp(-z_bn)) @ p[-1]["W"] + p[-1]["b"], logits, rtol=1e-10,
+                               atol=1e-12)
     # Training-mode batch norm: every unit's input has mean beta and (biased) std ~ gamma.
-    np.testing.assert_allclose(np.mean(z, axis=0), p[-2]["beta"], atol=1e-10)
-    np.testing.assert_allclose(np.std(z, axis=0), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(np.mean(z_bn, axis=0), p[-2]["beta"], atol=1e-10)
+    np.testing.assert_allclose(np.std(z_bn, axis=0), p[-2]["gamma"], rtol=1e-3)
 
 
 def test_percentiles_match_numpy():
@@ -137,13 +162,11 @@ def _np_bn_predict(params, x_train, x_test, eps=1e-5):
 
 
 def test_mode_agreement_population_statistics_against_numpy():
-    key, kx, kt, ky = jax.random.split(jax.random.key(0), 4)
-    sizes = [5, 8, 8, 3]
-    params, state = norm.init(key, sizes, norm="batchnorm")
+    rng = np.random.default_rng(0)
+    params, state = _np_net(rng, [5, 8, 8, 3], batchnorm=True)
     params[0]["beta"] = params[0]["beta"] + 0.5
-    ds = SimpleNamespace(x_train=np.asarray(jax.random.normal(kx, (200, 5))),
-                         x_test=np.asarray(jax.random.normal(kt, (50, 5))),
-                         y_test=np.asarray(jax.random.randint(ky, (50,), 0, 3)))
+    ds = SimpleNamespace(x_train=rng.normal(size=(200, 5)), x_test=rng.normal(size=(50, 5)),
+                         y_test=rng.integers(0, 3, 50))
     out = bn.mode_agreement(params, state, ds, activation="sigmoid", dtype=jnp.float64)
     expected = 100 * np.mean(_np_bn_predict(params, ds.x_train, ds.x_test) == ds.y_test)
     assert out["test_accuracy"]["population"] == pytest.approx(expected)
