@@ -108,6 +108,7 @@ def test_class_mean_gram_against_explicit_jacobians():
     np.testing.assert_allclose(got, want, atol=1e-10)
 
 
+@pytest.mark.slow  # its own compiled analysis programs; test_dense_check_numbers is the default-run oracle
 def test_analyse_against_jax_hessian():
     cfg = sd.Config(num_steps=30, num_probes=6, top_k=12, eigsh_steps=40, eigsh_tol=1e-8)
     with jax.enable_x64(True):
