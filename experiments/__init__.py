@@ -97,6 +97,17 @@ def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progre
     return results
 
 
+def _rounded(value, digits: int = 4):
+    """``value`` with every float rounded to ``digits`` significant digits, for the gallery's tables."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
 def report(out_dir=None) -> Path:
     """Write ``out_dir/README.md``: a gallery of every experiment with saved results.
 
@@ -134,7 +145,8 @@ def report(out_dir=None) -> Path:
                 lines += [f"![{png.stem}]({png.name})", ""]
         lines += ["| claim | measured | holds |", "| --- | --- | --- |"]
         for c in payload.get("claims", []):
-            measured = json.dumps(c["measured"]) if not isinstance(c["measured"], str) else c["measured"]
+            value = _rounded(c["measured"])
+            measured = json.dumps(value) if not isinstance(value, str) else value
             lines.append(f"| {c['text']} | {measured} | {'yes' if c['holds'] else '**no**'} |")
         if payload.get("notes"):
             lines += ["", payload["notes"]]

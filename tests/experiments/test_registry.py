@@ -49,3 +49,8 @@ def test_module_cli_runs_and_rejects_bad_input(tmp_path):
                           "--set", "num=many"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_gallery_rounds_measured_numbers_to_four_digits():
+    assert experiments._rounded({"a": 0.123456, "b": [1.234567e-7, 3, "x"], "c": 12345.6}) == {
+        "a": 0.1235, "b": [1.235e-7, 3, "x"], "c": 12350.0}
