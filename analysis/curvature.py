@@ -83,26 +83,43 @@ def _is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
+
+
 def _check_finite(what: str, tree) -> None:
-    """Raise if a concrete floating leaf holds NaN or inf (skipped under tracing, where it cannot be seen)."""
+    """Raise if a concrete floating leaf holds NaN or inf (skipped under tracing, where it cannot be seen).
+
+    One compiled program and one host transfer for all leaves, so the check costs one dispatch per call.
+    """
     if _is_traced(tree):
         return
-    paths, flags = [], []
+    paths, leaves = [], []
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         leaf = jnp.asarray(leaf)
         if jnp.issubdtype(leaf.dtype, jnp.inexact):
             paths.append(path)
-            flags.append(jnp.all(jnp.isfinite(leaf)))
-    if not flags:
+            leaves.append(leaf)
+    if not leaves:
         return
-    ok = np.asarray(jnp.stack(flags))  # one host transfer for all leaves
+    ok = np.asarray(_finite_flags(leaves))
     if not ok.all():
         bad = jax.tree_util.keystr(paths[int(np.argmin(ok))])
         raise ValueError(f"{what} contains NaN or inf (first at {what}{bad})")
 
 
+@functools.lru_cache(maxsize=256)
+def _loss_output(loss_fn: Callable, treedef, avals: tuple):
+    """``jax.eval_shape`` of the loss, cached per function and input shapes (tracing it is not free)."""
+    params, args = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
+    return jax.eval_shape(loss_fn, params, *args)
+
+
 def _check_scalar_loss(loss_fn: Callable, params, args) -> None:
-    out = jax.eval_shape(loss_fn, params, *args)
+    leaves, treedef = jax.tree_util.tree_flatten((params, tuple(args)))
+    avals = tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+    out = _loss_output(loss_fn, treedef, avals)
     shape = getattr(out, "shape", None)
     if shape != ():
         got = shape if shape is not None else jax.tree_util.tree_structure(out)
