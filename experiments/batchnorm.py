@@ -124,6 +124,32 @@ def _with_lr(opt_state, lr):
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
 
 
+def lr_lanes(opt, *, batch_size: int, activation: str, norm: str | None):
+    """Learning-rate lanes that share one compiled epoch.
+
+    Args:
+        opt: an ``optax.inject_hyperparams`` optimiser; each lane overwrites its learning rate.
+        batch_size, activation, norm: as in :func:`fflab.train.make_train_epoch`.
+
+    Returns:
+        ``(start, epoch, epoch_all)``: ``start(params, model_state, key, lrs)`` gives a
+        :class:`fflab.train.TrainState` with a leading lane axis, one lane per learning rate, all from the
+        same weights and key; ``epoch`` trains one lane one epoch; ``epoch_all(states, x, y)`` trains
+        every lane one epoch on the same mini-batches.
+    """
+
+    @jax.jit
+    def start(params, model_state, k_data, lrs):
+        def lane(lr):
+            state = train.init_state(params, opt, k_data, model_state)
+            return state._replace(opt_state=_with_lr(state.opt_state, lr))
+
+        return jax.vmap(lane)(lrs)
+
+    epoch = train.make_train_epoch(opt, batch_size=batch_size, activation=activation, norm=norm)
+    return start, epoch, jax.jit(jax.vmap(epoch, in_axes=(0, None, None)))
+
+
 @jax.jit
 def _lane(tree, i):
     """Lane ``i`` of a vmapped pytree (jitted: one compilation, not one per leaf shape)."""
@@ -174,16 +200,9 @@ def run_setting(config: Config, ds, sizes, dtype, setting: str) -> dict:
     # to compile inside a bigger program).
     params, model_state = init_net(k_init, sizes, setting, init=config.init, dtype=dtype)
 
-    @jax.jit
-    def start(params, model_state, k_data, lrs):
-        def lane(lr):
-            state = train.init_state(params, opt, k_data, model_state)
-            return state._replace(opt_state=_with_lr(state.opt_state, lr))
-
-        return jax.vmap(lane)(lrs)
-
-    epoch = train.make_train_epoch(opt, batch_size=config.batch_size, activation=config.activation, norm=nrm)
-    epoch_all = jax.jit(jax.vmap(epoch, in_axes=(0, None, None)))
+    start, epoch, epoch_all = lr_lanes(
+        opt, batch_size=config.batch_size, activation=config.activation, norm=nrm
+    )
     probe_fn = jax.jit(lambda p, s, xp: _percentiles(
         sigmoid_inputs(p, s, xp, setting=setting, activation=config.activation)))
 

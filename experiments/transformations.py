@@ -45,6 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import spectrum
 from experiments import _common
+from experiments.batchnorm import lr_lanes
 from fflab import data, losses, mlp, norm, train
 
 NAME = "transformations"
@@ -90,10 +91,6 @@ def init_net(key: jax.Array, sizes, net: str, *, init: str, dtype=None):
     return norm.init(key, sizes, norm=net, init=init, dtype=dtype)
 
 
-def _with_lr(opt_state, lr):
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
-
-
 @jax.jit
 def _lane(tree, i):
     return jax.tree_util.tree_map(lambda a: a[i], tree)
@@ -109,16 +106,7 @@ def train_net(config: Config, ds, sizes, dtype, net: str) -> dict:
     params, model_state = init_net(k_init, sizes, net, init=config.init, dtype=dtype)
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
 
-    @jax.jit
-    def start(params, model_state, k_data, lrs):
-        def lane(lr):
-            state = train.init_state(params, opt, k_data, model_state)
-            return state._replace(opt_state=_with_lr(state.opt_state, lr))
-
-        return jax.vmap(lane)(lrs)
-
-    epoch = train.make_train_epoch(opt, batch_size=config.batch_size, activation=config.activation, norm=nrm)
-    epoch_all = jax.jit(jax.vmap(epoch, in_axes=(0, None, None)))
+    start, _, epoch_all = lr_lanes(opt, batch_size=config.batch_size, activation=config.activation, norm=nrm)
     k = len(config.learning_rates)
     tic = time.perf_counter()
     states = start(params, model_state, k_data, jnp.asarray(config.learning_rates, dtype))
