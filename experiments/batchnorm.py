@@ -87,7 +87,8 @@ def _norm_arg(setting: str) -> str | None:
 
 
 def init_net(key: jax.Array, sizes, setting: str, *, init: str, dtype=None):
-    """``(params, model_state)`` of the plain net (:func:`fflab.mlp.init`) or the BN net; same ``W``."""
+    """``(params, model_state)`` of the plain net (:func:`fflab.mlp.init`), or of a ``"batchnorm"`` or
+    ``"transform"`` net (:func:`fflab.norm.init`); every setting draws the same ``W`` from ``key``."""
     if setting == "plain":
         return mlp.init(key, sizes, init=init, dtype=dtype), ()
     return norm.init(key, sizes, norm=setting, init=init, dtype=dtype)

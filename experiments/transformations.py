@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import spectrum
 from experiments import _common
-from experiments.batchnorm import lr_lanes
+from experiments.batchnorm import _lane, _norm_arg, init_net, lr_lanes
 from fflab import data, losses, mlp, norm, train
 
 NAME = "transformations"
@@ -78,22 +78,6 @@ class Config:
 QUICK = Config()
 FULL = Config(dataset="fashion-mnist", learning_rates=(0.015625, 0.0625, 0.25, 1.0, 4.0), epochs=10,
               hessian_pool=4, hessian_hidden=(12, 12), hessian_epochs=10, hessian_samples=2000)
-
-
-def _norm_arg(net: str) -> str | None:
-    return None if net == "plain" else net
-
-
-def init_net(key: jax.Array, sizes, net: str, *, init: str, dtype=None):
-    """``(params, model_state)``; all three nets share the weight matrices ``W`` drawn from ``key``."""
-    if net == "plain":
-        return mlp.init(key, sizes, init=init, dtype=dtype), ()
-    return norm.init(key, sizes, norm=net, init=init, dtype=dtype)
-
-
-@jax.jit
-def _lane(tree, i):
-    return jax.tree_util.tree_map(lambda a: a[i], tree)
 
 
 def train_net(config: Config, ds, sizes, dtype, net: str) -> dict:
