@@ -27,7 +27,7 @@ DATA_AXIS = "data"
 
 
 def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D device mesh with axis ``"data"`` for data-parallel curvature products.
+    """A 1-D device mesh with axis ``"data"`` for data-parallel curvature products and training.
 
     Args:
         devices: how many devices to use (the first ``devices`` of ``jax.devices()``, which spans every
@@ -35,7 +35,7 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
 
     Returns:
         ``jax.sharding.Mesh`` of shape ``{"data": num_devices}``, to pass as
-        ``analysis.hessian_operator(..., mesh=mesh)``.
+        ``analysis.hessian_operator(..., mesh=mesh)`` or ``fflab.train.fit(..., mesh=mesh)``.
 
     Raises:
         ValueError: more devices asked for than there are, or an empty list.

@@ -47,7 +47,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,6 +57,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from analysis._sharding import data_mesh  # one mesh helper for training and curvature
 from fflab import checkpoint, data, losses, mlp
 from fflab import norm as norm_lib
 
@@ -371,31 +372,6 @@ def _loss_fn(activation: str, norm: str | None = None, train: bool = True):
         return losses.cross_entropy(logits, y), model_state
 
     return loss
-
-
-def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D device mesh with axis ``"data"`` for data-parallel training.
-
-    Args:
-        devices: how many local devices to use (the first ``devices`` of ``jax.devices()``), a list of
-            devices, or ``None`` for all of them.
-
-    Raises:
-        ValueError: more devices asked for than there are.
-    """
-    available = jax.devices()
-    if devices is None:
-        chosen = available
-    elif isinstance(devices, int):
-        if not 1 <= devices <= len(available):
-            raise ValueError(
-                f"asked for {devices} devices but {len(available)} are available ({available[0].platform}); "
-                "on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N"
-            )
-        chosen = available[:devices]
-    else:
-        chosen = list(devices)
-    return Mesh(np.array(chosen), ("data",))
 
 
 def _check_mesh(mesh: Mesh | None, batch_size: int) -> None:
