@@ -180,18 +180,40 @@ def hvp(loss_fn: Callable, params: Any, v: Any, *args: Any) -> Any:
                 f"v must have the leaf shapes of params: expected {[jnp.shape(x) for x in p_leaves]}, "
                 f"got {[jnp.shape(x) for x in v_leaves]}"
             )
-    _check_inputs(loss_fn, params, args)
-    v = jax.tree_util.tree_map(lambda t, p: jnp.asarray(t, jnp.result_type(p)), v, params)
-    return _hvp_jit(loss_fn, params, v, tuple(args))
+    _check_hashable(loss_fn, "loss_fn")
+    args = tuple(args)
+    _check_scalar_loss(loss_fn, params, args)
+    if _is_traced((params, v, args)):  # inside a caller's jit: inline the product, nothing to check
+        return _hvp_checked(loss_fn, params, v, args)[0]
+    # One compiled program computes the product and the finiteness flags of every input; one small
+    # transfer reads the flags. (Checking first would cost a second dispatch and a second sync.)
+    out, flags = _hvp_checked(loss_fn, params, v, args)
+    flags = np.asarray(flags)
+    if not flags.all():
+        for what, tree in (("params", params), ("args", args)):
+            _check_finite(what, tree)
+    return out
 
 
 def _tree_hvp(loss_fn, params, v, args):
     return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (v,))[1]
 
 
-# Compiled per loss_fn; inside a caller's jit this just inlines. Eagerly, it avoids dispatching the
-# forward-over-reverse program one primitive at a time.
-_hvp_jit = jax.jit(_tree_hvp, static_argnums=0)
+def _finite(tree):
+    leaves = jax.tree_util.tree_leaves(tree)
+    leaves = [leaf for leaf in leaves if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] or [jnp.array(True)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hvp_checked(loss_fn, params, v, args):
+    """``H v`` (``v`` cast to the parameters' dtypes) and whether params and args are all finite.
+
+    Compiled per ``loss_fn``; inside a caller's jit it inlines and the unused flags are dead code.
+    """
+    v = jax.tree_util.tree_map(lambda t, p: jnp.asarray(t, p.dtype), v, params)
+    flags = jnp.concatenate([_finite(params), _finite(args)])
+    return _tree_hvp(loss_fn, params, v, args), flags
 
 
 def _tree_ggn(output_fn, outer_loss, params, v, args):

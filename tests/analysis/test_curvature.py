@@ -34,6 +34,9 @@ def test_hvp_and_operator_match_jax_hessian(seed):
     assert dim == flat.size == mlp.num_params(params)
     assert rel_err(matvec(vs[0]), exact @ np.asarray(vs[0])) < 1e-10
     assert rel_err(jax.vmap(matvec)(vs), np.asarray(vs) @ exact.T) < 1e-10
+    # Inside a caller's jit (and vmapped over tangents) hvp inlines to the same product.
+    inside = jax.jit(jax.vmap(lambda t: M.flat(analysis.hvp(M.loss_fn, params, unravel(t), x, y))))
+    assert rel_err(inside(vs), np.asarray(vs) @ exact.T) < 1e-10
 
 
 @pytest.mark.slow
@@ -216,6 +219,8 @@ def test_validation_errors():
         analysis.hessian(M.loss_fn, bad_params, x, y)
     with pytest.raises(ValueError, match="args contains NaN"):
         analysis.hessian_operator(M.loss_fn, params, x.at[3, 3].set(jnp.inf), y)
+    with pytest.raises(ValueError, match=r"args contains NaN.*\[0\]"):
+        analysis.hvp(M.loss_fn, params, v, x.at[3, 3].set(jnp.nan), y)
     with pytest.raises(ValueError, match="structure of params"):
         analysis.hvp(M.loss_fn, params, v[:1], x, y)
     with pytest.raises(ValueError, match="leaf shapes"):
