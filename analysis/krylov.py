@@ -32,7 +32,7 @@ from jax.tree_util import Partial
 
 __all__ = ["WHICH", "EigshResult", "LanczosResult", "eigsh", "lanczos"]
 
-WHICH = ("LA", "SA", "BE")
+WHICH = ("LA", "SA", "BE", "LM")
 
 
 class LanczosResult(NamedTuple):
@@ -252,8 +252,11 @@ def lanczos(
 
 
 def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
-    """Indices into ascending Ritz values: the ``k`` wanted first (in output order), then extras to keep."""
-    if which == "LA":
+    """Indices into ascending Ritz values: the ``k`` wanted first (in output order), then extras to keep.
+
+    ``"LM"`` depends on the values, so :func:`_cycle` orders by magnitude itself; this returns a placeholder.
+    """
+    if which in ("LA", "LM"):
         return np.arange(m - 1, m - 1 - keep, -1)
     if which == "SA":
         return np.arange(keep)
@@ -266,7 +269,7 @@ def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=5)
-def _cycle(matvec, basis, proj, norms, key, k, order, start):
+def _cycle(matvec, basis, proj, norms, key, k, order, start, by_magnitude):
     """Expand to ``m`` Lanczos vectors, then thick-restart on the ``keep`` Ritz pairs at the wanted end."""
     m = proj.shape[0]
     matvec = _hoisted(matvec, basis.shape[1], basis.dtype, basis.size * basis.dtype.itemsize)
@@ -275,6 +278,7 @@ def _cycle(matvec, basis, proj, norms, key, k, order, start):
     # `order` (an argument, so that every `which` shares one compiled program) picks the wanted
     # pairs first, then the extra ones kept for the restart.
     keep = order.shape[0]
+    order = jnp.where(by_magnitude, jnp.argsort(-jnp.abs(theta), stable=True)[:keep], order)
     theta, vectors = theta[order], vectors[:, order]
     beta = norms[m - 1]
     # Ritz residual ||A Q^T y - theta Q^T y|| = |beta_m y_m| for each kept pair.
@@ -320,7 +324,8 @@ def eigsh(
         dim: size of the operator.
         k: number of eigenpairs, ``1 <= k < dim``.
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"BE"`` both ends
-            (``k // 2`` smallest and ``k - k // 2`` largest).
+            (``k // 2`` smallest and ``k - k // 2`` largest), ``"LM"`` largest magnitude (in order of
+            decreasing ``|lambda|``; the pairs to deflate, as in :func:`analysis.spectral_density`).
         num_steps: Krylov dimension per cycle, ``k < num_steps <= dim``
             (default ``min(dim, max(2k + 10, 20))``).
         tol: relative residual tolerance.
@@ -345,13 +350,16 @@ def eigsh(
     max_restarts = _check_count("max_restarts", max_restarts, 0, 10**9)
     keep = k + (m - k) // 2
     order = jnp.asarray(_wanted_order(which, m, k, keep))
+    by_magnitude = jnp.asarray(which == "LM")
 
     key, sub = jax.random.split(key)
     basis, proj, norms = _start(_initial_vector(sub, dim, dtype, None), m)
     start = 0
     for _ in range(max_restarts + 1):
         key, sub = jax.random.split(key)
-        basis, proj, norms, values, estimates, scale = _cycle(op, basis, proj, norms, sub, k, order, start)
+        basis, proj, norms, values, estimates, scale = _cycle(
+            op, basis, proj, norms, sub, k, order, start, by_magnitude
+        )
         estimates, scale = np.asarray(estimates), float(scale)
         if np.all(estimates <= tol * scale):
             break
