@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.krylov import _as_operator, _check_count, _hoisted, _iterate, _start
+from analysis.krylov import _as_operator, _check_count, _hoisted, _iterate, _start, eigsh
 
 __all__ = ["PROBES", "TRACE_METHODS", "SpectralDensity", "TraceEstimate", "spectral_density", "trace"]
 
@@ -97,10 +97,23 @@ def _probes(key, num, dim, dtype, kind):
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _slq(matvec, probes, num_steps):
+def _slq(matvec, probes, num_steps, deflated):
     # Linearise once, outside the vmap: the probes share the operator's v-independent work.
     num_probes, dim = probes.shape
     matvec = _hoisted(matvec, dim, probes.dtype, num_probes * (num_steps + 1) * dim * probes.dtype.itemsize)
+    if deflated.shape[0]:
+        # Run on (I - V V^T) A (I - V V^T) from projected probes: every Krylov vector stays in the
+        # complement of the deflated eigenvectors (rows of `deflated`), up to rounding that the
+        # projection of each product removes again.
+        def project(v):
+            return v - (deflated @ v) @ deflated
+
+        full = matvec
+
+        def matvec(v):
+            return project(full(project(v)).astype(v.dtype))
+
+        probes = jax.vmap(project)(probes)
 
     def quadrature(v):
         # No restart on breakdown (so no key): the zero block it leaves carries zero quadrature weight.
@@ -124,6 +137,8 @@ def spectral_density(
     key: jax.Array | None = None,
     probe: str = "rademacher",
     probes: jax.Array | None = None,
+    num_deflate: int = 0,
+    deflate_tol: float = 1e-6,
 ) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature [Ghorbani, Krishnan & Xiao 2019].
 
@@ -135,6 +150,14 @@ def spectral_density(
     error is that of those probes (relative standard error ``~ sqrt(2 / num_probes) ||A^k||_F / tr(A^k)``
     for Rademacher probes, large when a few eigenvalues dominate).
 
+    Deflation (``num_deflate = k > 0``) removes that error where it is largest: :func:`eigsh` finds
+    the ``k`` eigenpairs of largest magnitude ``(lambda_i, u_i)`` and SLQ runs on the rest,
+    ``(I - U U^T) A (I - U U^T)``, from projected probes. Each returned rule then holds the ``k``
+    eigenvalues exactly, with weight ``1 / dim`` each, and the stochastic rule of the rest with total
+    weight ``(dim - k) / dim``; the statistical error becomes that of the remaining spectrum, far
+    smaller for a Hessian led by a few outliers. The eigenpairs cost extra products (``eigsh``'s), not
+    probes.
+
     Args:
         matvec: symmetric operator ``(dim,) -> (dim,)``.
         dim: size of the operator.
@@ -144,9 +167,13 @@ def spectral_density(
         probe: ``"rademacher"`` or ``"gaussian"``.
         probes: optional ``(num_probes, dim)`` probe vectors to use instead of drawing them (e.g. the
             same probes at several checkpoints); each is normalised.
+        num_deflate: eigenpairs of largest magnitude to take out exactly,
+            ``0 <= num_deflate <= dim - num_steps`` (needs ``key``, which then also seeds :func:`eigsh`).
+        deflate_tol: :func:`eigsh`'s relative residual tolerance for them.
 
     Returns:
-        :class:`SpectralDensity` with nodes and weights of shape ``(num_probes, num_steps)``.
+        :class:`SpectralDensity` with nodes and weights of shape ``(num_probes, num_deflate +
+        num_steps)``; the first ``num_deflate`` nodes of every row are the deflated eigenvalues.
     """
     op, dtype = _as_operator(matvec, dim)
     dim = int(dim)
@@ -166,7 +193,17 @@ def spectral_density(
         norms = np.asarray(jnp.linalg.norm(probes, axis=1))
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise ValueError("probes must be finite and non-zero")
-    return SpectralDensity(*_slq(op, probes, num_steps))
+    k = _check_count("num_deflate", num_deflate, 0, dim - num_steps)
+    if not k:
+        return SpectralDensity(*_slq(op, probes, num_steps, jnp.zeros((0, dim), dtype)))
+    if key is None:
+        raise ValueError("spectral_density needs a PRNG key to find the eigenpairs it deflates")
+    pairs = eigsh(op, dim, k, which="LM", tol=deflate_tol, key=jax.random.fold_in(key, 1))
+    nodes, weights = _slq(op, probes, num_steps, pairs.eigenvectors.T)
+    exact = jnp.broadcast_to(pairs.eigenvalues, (probes.shape[0], k))
+    nodes = jnp.concatenate([exact, nodes], axis=1)
+    weights = jnp.concatenate([jnp.full_like(exact, 1 / dim), weights * ((dim - k) / dim)], axis=1)
+    return SpectralDensity(nodes, weights)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))

@@ -88,6 +88,43 @@ def digits_spectrum():
     return np.linalg.eigvalsh(digits_hessian())
 
 
+@functools.cache
+def digits_eigh():
+    """``numpy.linalg.eigh`` of :func:`digits_hessian`: ascending eigenvalues and eigenvectors."""
+    return np.linalg.eigh(digits_hessian())
+
+
+@functools.cache
+def trained_digits_mlp(steps: int = 200):
+    """:func:`digits_mlp` after ``steps`` full-batch Adam steps (learning rate 0.01; training loss ~0.01):
+    the Hessian of a trained network, nearly positive semi-definite and led by a few outliers."""
+    import optax
+
+    params, x, y = digits_mlp()
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def run(params):
+        def step(carry, _):
+            params, state = carry
+            updates, state = opt.update(jax.grad(loss_fn)(params, x, y), state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, (params, opt.init(params)), length=steps)[0][0]
+
+    return run(params), x, y
+
+
+@functools.cache
+def trained_digits_hessian():
+    """The dense Hessian of :func:`trained_digits_mlp`, symmetrised, and its eigenpairs (numpy eigh)."""
+    from analysis import curvature
+
+    h = np.asarray(curvature.hessian(loss_fn, *trained_digits_mlp()))
+    h = 0.5 * (h + h.T)
+    return (h, *np.linalg.eigh(h))
+
+
 def planted(eigenvalues, seed: int = 0) -> np.ndarray:
     """Symmetric ``U diag(lam) U^T`` with ``U`` from the QR of a Gaussian matrix (a known spectrum)."""
     lam = np.asarray(eigenvalues, np.float64)
