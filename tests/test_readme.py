@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,3 +33,6 @@ def test_readme_python_example_runs():
     assert abs(float(tr.estimate) - eig.sum()) < 4 * float(tr.stderr) + 1e-4 * abs(eig.sum())
     negative = float(re.search(r"below zero: ([\d.]+)", printed).group(1))
     assert abs(negative - np.mean(eig < 0)) < 0.25  # SLQ with 4 probes: a rough share
+    # With the 10 largest-magnitude eigenvalues deflated, 4 probes pin the second moment down.
+    m2 = float(re.search(r"tr\(H\^2\)/P ([-\d.e+]+)", printed).group(1))
+    assert m2 == pytest.approx(np.mean(eig**2), rel=0.05)
