@@ -780,7 +780,9 @@ def section_c(
     )
     ratio = t_mf / t_ours
     print(f"target met (faster than matfree): {_yes(ratio > 1)} ({ratio:.2f}x)")
+    accuracy = slq_accuracy(dtype="float64") if model == "small" else None
     return {
+        "accuracy": accuracy,
         "dtype": dtype,
         "model": model,
         "dim": dim,
@@ -789,6 +791,64 @@ def section_c(
         "target_met": ratio > 1,
         "torch_eig": torch_eig_removed(),
     }
+
+
+def slq_accuracy(*, dtype: str = "float64", num_probes: int = 20, num_deflate: int = 20, seeds=range(5)):
+    """tr(H)/P and tr(H^2)/P from SLQ against the dense spectrum of the small model, plain and deflated.
+
+    At the random initialisation of (a) and after 200 full-batch Adam steps (learning rate 0.01); the
+    issue's targets are 2% and 5% with 20 probes.
+    """
+    import optax
+
+    params, x, y = digits_problem(dtype=dtype)
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def adam(params):
+        def step(carry, _):
+            p, s = carry
+            u, s = opt.update(jax.grad(tanh_loss)(p, x, y), s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(step, (params, opt.init(params)), length=200)[0][0]
+
+    rows = []
+    for point, p in [("initialisation", params), ("200 Adam steps", adam(params))]:
+        lam = np.linalg.eigvalsh(np.asarray(analysis.hessian(tanh_loss, p, x, y), np.float64))
+        m1, m2 = np.mean(lam), np.mean(lam**2)
+        op, dim = analysis.hessian_operator(tanh_loss, p, x, y)
+        for k in (0, num_deflate):
+            err1, err2, times = [], [], []
+            for seed in seeds:
+                tic = time.perf_counter()
+                d = analysis.spectral_density(
+                    op, dim, num_steps=90, num_probes=num_probes, key=jax.random.key(seed), num_deflate=k
+                )
+                got1, got2 = float(d.moment(1)), float(d.moment(2))
+                times.append(time.perf_counter() - tic)
+                err1.append(abs(got1 / m1 - 1))
+                err2.append(abs(got2 / m2 - 1))
+            rows.append(
+                {
+                    "point": point,
+                    "deflated": k,
+                    "max |err| tr/P": max(err1),
+                    "max |err| tr(H^2)/P": max(err2),
+                    "median s": statistics.median(times[1:] or times),
+                    "tr/P": m1,
+                }
+            )
+    print(f"SLQ moments against the dense spectrum, {num_probes} probes x 90 steps, seeds {list(seeds)}:")
+    print_table(rows, ["point", "deflated", "tr/P", "max |err| tr/P", "max |err| tr(H^2)/P", "median s"])
+    best = [r for r in rows if r["deflated"]]
+    for r in best:
+        ok1, ok2 = r["max |err| tr/P"] <= 0.02, r["max |err| tr(H^2)/P"] <= 0.05
+        print(
+            f"targets at {r['point']} with {num_deflate} deflated: tr/P within 2% {_yes(ok1)}, "
+            f"tr(H^2)/P within 5% {_yes(ok2)}"
+        )
+    return rows
 
 
 def _slq_row(name, seconds, t_ours, nodes, weights, ref_m1, ref_m2):
