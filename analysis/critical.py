@@ -160,8 +160,10 @@ def saddle_free_newton_direction(H, g, *, damping: float | None = None):
     if damping is None:
         floor = jnp.sqrt(jnp.finfo(H.dtype).eps) * jnp.max(mag)
         floor = jnp.where(floor > 0, floor, jnp.finfo(H.dtype).tiny)
+    elif isinstance(damping, jax.core.Tracer):  # traced (under jit or grad): cannot be checked here
+        floor = damping
     else:
-        if damping <= 0:
+        if not damping > 0:
             raise ValueError(f"damping must be positive, got {damping}")
         floor = damping
     return unravel(U @ ((U.T @ g) / jnp.maximum(mag, floor)))

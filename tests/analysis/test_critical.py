@@ -135,6 +135,13 @@ def test_directions_keep_pytree_structure_and_damping():
     np.testing.assert_allclose(d["b"], 1 / 7, rtol=1e-14)
     sf = critical.saddle_free_newton_direction(np.diag([1e-12, -2.0]), jnp.ones(2), damping=0.5)
     np.testing.assert_allclose(sf, [2.0, 0.5], rtol=1e-14)
+    # The damping may be traced (a jitted sweep over it): the same direction.
+    jitted = jax.jit(
+        lambda mu: critical.saddle_free_newton_direction(np.diag([1e-12, -2.0]), jnp.ones(2), damping=mu)
+    )
+    np.testing.assert_allclose(jitted(0.5), [2.0, 0.5], rtol=1e-14)
+    with pytest.raises(ValueError, match="damping must be positive"):
+        critical.saddle_free_newton_direction(np.eye(2), jnp.ones(2), damping=0.0)
     with pytest.raises(ValueError, match=r"shape \(3, 3\)"):
         critical.damped_newton_direction(np.eye(2), g, 1.0)
 
