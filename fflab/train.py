@@ -109,7 +109,8 @@ class EpochStats(NamedTuple):
 
     Attributes:
         loss: mini-batch cross-entropy before the step's update (no weight-decay term).
-        grad_norm: global L2 norm of that mini-batch gradient (before clipping or decay).
+        grad_norm: global L2 norm of that mini-batch gradient (before clipping or decay); NaN when the
+            epoch was built with ``record_grad_norm=False``.
         learning_rate: the learning rate the step used (NaN if the optimiser does not expose one).
     """
 
@@ -392,6 +393,7 @@ def make_train_epoch(
     norm: str | None = None,
     transform_momentum: float = 0.9,
     mesh: Mesh | None = None,
+    record_grad_norm: bool = True,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, EpochStats]]:
     """The jitted function that trains one epoch.
 
@@ -405,6 +407,10 @@ def make_train_epoch(
             re-estimates them on its mini-batch (:func:`fflab.norm.transform_update`).
         mesh: a mesh with a ``"data"`` axis (:func:`data_mesh`) to split each mini-batch across devices;
             ``batch_size`` must be divisible by its size. ``None``: no constraint (one device).
+        record_grad_norm: compute every step's global gradient norm for :class:`EpochStats`. It is a
+            reduction over all parameters per step, about 15% of an epoch of the 784-225-144-10 net on a
+            2-core CPU (``python -m benchmarks.train_throughput``); ``False`` records NaN instead and
+            trains identically.
 
     Returns:
         ``train_epoch(state, x, y) -> (state, stats)`` with ``x: (n, d)`` and ``y: (n,)`` int on device.
@@ -437,7 +443,8 @@ def make_train_epoch(
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             lr = learning_rate(opt_state).astype(loss.dtype)
-            stats = EpochStats(loss, optax.tree.norm(grads).astype(loss.dtype), lr)
+            grad_norm = optax.tree.norm(grads) if record_grad_norm else jnp.full((), jnp.nan)
+            stats = EpochStats(loss, grad_norm.astype(loss.dtype), lr)
             return (params, opt_state, model_state), stats
 
         carry = (state.params, state.opt_state, state.model_state)
@@ -524,6 +531,7 @@ def fit(
     checkpoint_every: int = 1,
     config: dict | None = None,
     progress: bool = True,
+    record_grad_norm: bool = True,
 ) -> FitResult:
     """Train until ``state.epoch == epochs``, evaluating and checkpointing after each epoch.
 
@@ -557,6 +565,8 @@ def fit(
         checkpoint_every: epochs between checkpoints.
         config: JSON-able run configuration stored with each checkpoint.
         progress: show a tqdm progress bar (on stderr).
+        record_grad_norm: record the mini-batch gradient norms (:func:`make_train_epoch`); ``False``
+            trains about 15% faster and leaves ``None`` in ``history["grad_norm"]``.
 
     Returns:
         :class:`FitResult` ``(state, history, snapshots)``. ``history`` maps each key to a list with one
@@ -589,7 +599,12 @@ def fit(
     evals = {"test": _check_xy("test", test, dtype=dtype), "val": _check_xy("val", val, dtype=dtype)}
     evals = {name: xy for name, xy in evals.items() if xy is not None}
     train_epoch = make_train_epoch(
-        optimizer, batch_size=batch_size, activation=activation, norm=norm, mesh=mesh
+        optimizer,
+        batch_size=batch_size,
+        activation=activation,
+        norm=norm,
+        mesh=mesh,
+        record_grad_norm=record_grad_norm,
     )
     if mesh is not None:
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -612,7 +627,9 @@ def fit(
             stats = EpochStats(*(np.asarray(s) for s in stats))  # the one host sync per epoch
             record = {"epoch": epoch}
             record["train_loss"], train_err = evaluate_(new.params, x, y, model_state=new.model_state)
-            bad = ~(np.isfinite(stats.loss) & np.isfinite(stats.grad_norm))
+            bad = ~np.isfinite(stats.loss)
+            if record_grad_norm:
+                bad |= ~np.isfinite(stats.grad_norm)
             if bad.any() or not math.isfinite(record["train_loss"]):
                 # A finite epoch whose end-of-epoch loss is not finite went wrong in its last update.
                 i = int(np.argmax(bad)) if bad.any() else len(bad) - 1
@@ -623,7 +640,7 @@ def fit(
                 loss, err = evaluate_(state.params, xe, ye, model_state=state.model_state)
                 record[f"{name}_loss"], record[f"{name}_error"] = loss, 100.0 * err
             record["batch_loss"] = float(stats.loss.mean())
-            record["grad_norm"] = float(stats.grad_norm.mean())
+            record["grad_norm"] = float(stats.grad_norm.mean()) if record_grad_norm else None
             record["learning_rate"] = float(stats.learning_rate[-1])
             record["seconds"] = time.perf_counter() - tic
             for k, v in record.items():

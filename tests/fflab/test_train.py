@@ -246,6 +246,28 @@ def test_epoch_order_depends_only_on_key_and_epoch(synthetic):
     assert _tree_equal(a.params, b.params) and not _tree_equal(a.params, c.params)
 
 
+def test_grad_norm_record_is_optional_and_changes_nothing_else(synthetic):
+    opt = train.make_optimizer("momentum", 0.1)
+    x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
+    state = _state(opt, [8, 16, 4])
+    a, stats_a = train.make_train_epoch(opt, batch_size=30)(state, x, y)
+    b, stats_b = train.make_train_epoch(opt, batch_size=30, record_grad_norm=False)(state, x, y)
+    assert _tree_equal(a, b)
+    np.testing.assert_array_equal(stats_a.loss, stats_b.loss)
+    np.testing.assert_array_equal(stats_a.learning_rate, stats_b.learning_rate)
+    assert np.all(np.isnan(stats_b.grad_norm))
+    # The recorded norm is the mini-batch gradient's: check step 1 against a direct gradient.
+    batch = data.batch_indices(jax.random.fold_in(state.key, 0), x.shape[0], 30)[0]
+    grads = jax.grad(lambda p: losses.cross_entropy(mlp.apply(p, x[batch]), y[batch]))(state.params)
+    np.testing.assert_allclose(stats_a.grad_norm[0], optax.tree.norm(grads), rtol=1e-12)
+    common = dict(epochs=2, batch_size=30, progress=False)
+    fast = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), record_grad_norm=False, **common)
+    full = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), **common)
+    assert _tree_equal(fast.state, full.state)
+    assert fast.history["grad_norm"] == [None, None] and all(g > 0 for g in full.history["grad_norm"])
+    assert fast.history["batch_loss"] == full.history["batch_loss"]
+
+
 class _Stop(Exception):
     pass
 
@@ -294,7 +316,10 @@ def _nan_at(update: int):
 
 
 @pytest.mark.parametrize(("update", "epoch", "step"), [(13, 2, 5), (19, 2, 10)])
-def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(synthetic, tmp_path, update, epoch, step):
+@pytest.mark.parametrize("record_grad_norm", [True, False])
+def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(
+    synthetic, tmp_path, update, epoch, step, record_grad_norm
+):
     # 300 samples / 30 = 10 steps per epoch. A NaN update 13 shows in the loss of step 15 (epoch 2, step 5);
     # a NaN last update of epoch 2 (update 19) shows only in the end-of-epoch loss, blamed on step 10.
     opt = _nan_at(update)
@@ -309,6 +334,7 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(synthetic, tm
             batch_size=30,
             checkpoint_path=path,
             progress=False,
+            record_grad_norm=record_grad_norm,
         )
     err = info.value
     assert (err.epoch, err.step) == (epoch, step)
