@@ -25,10 +25,13 @@ __all__ = sorted([*_FUNCTIONS, *_MODULES])
 
 def __getattr__(name):
     if name in _FUNCTIONS:
-        return getattr(importlib.import_module(f"analysis.{_FUNCTIONS[name]}"), name)
-    if name in _MODULES:
-        return importlib.import_module(f"analysis.{name}")
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"analysis.{_FUNCTIONS[name]}"), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"analysis.{name}")
+    else:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads, not this function
+    return value
 
 
 def __dir__():

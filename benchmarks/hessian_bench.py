@@ -868,13 +868,29 @@ def _slq_row(name, seconds, t_ours, nodes, weights, ref_m1, ref_m2):
 
 
 def hvp_over_grad(loss_fn, params, x, y, *, repeats: int) -> dict:
-    """Median seconds of one jitted gradient, one analysis.hvp (pytree) and one operator matvec (flat)."""
+    """Median seconds of one jitted gradient, one analysis.hvp (pytree) and one operator matvec (flat).
+
+    The three calls run round-robin, ``repeats`` rounds after a warm-up, so that a change of load on
+    the shared machine hits all three alike (timing them one after another let drift decide the ratio).
+    """
     op, dim = analysis.hessian_operator(loss_fn, params, x, y)
     v_flat = jax.random.normal(jax.random.key(3), (dim,), ravel_pytree(params)[0].dtype)
     v_tree = ravel_pytree(params)[1](v_flat)
-    t_grad, _ = median_time(lambda: _grad_jit(loss_fn, params, x, y), repeats=repeats)
-    t_hvp, _ = median_time(lambda: analysis.hvp(loss_fn, params, v_tree, x, y), repeats=repeats)
-    t_mv, _ = median_time(lambda: op(v_flat), repeats=repeats)
+    calls = {
+        "grad": lambda: _grad_jit(loss_fn, params, x, y),
+        "hvp": lambda: analysis.hvp(loss_fn, params, v_tree, x, y),
+        "matvec": lambda: op(v_flat),
+    }
+    times = {name: [] for name in calls}
+    for _ in range(3):
+        for fn in calls.values():
+            block(fn())
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            tic = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - tic)
+    t_grad, t_hvp, t_mv = (statistics.median(times[name]) for name in calls)
     return {
         "grad s": t_grad,
         "hvp s": t_hvp,
@@ -893,14 +909,14 @@ def section_d(*, repeats: int, dtype: str, problems=None):
             "64-30-20-10 tanh, 1000 digits": (tanh_loss, digits_problem(dtype=dtype)),
             "784-225-144-10 relu, 1000 Fashion-MNIST": (relu_loss, fashion_problem(dtype=dtype)),
         }
-    # Each timing is itself a median of many calls (one call is milliseconds, below the clock's noise).
-    inner = max(repeats, 1) * 7
+    # Each timing is a median of many interleaved calls (one call is milliseconds, below the noise).
+    inner = max(repeats, 1) * 50
     rows = []
     for name, (loss_fn, (params, x, y)) in problems.items():
         rows.append({"model": name, **hvp_over_grad(loss_fn, params, x, y, repeats=inner)})
     print_table(rows, ["model", "dim", "grad s", "hvp s", "matvec s", "hvp / grad", "matvec / grad"])
     print(
-        f"(medians of {inner} calls each; hvp = analysis.hvp on pytrees, "
+        f"(medians of {inner} round-robin calls each; hvp = analysis.hvp on pytrees, "
         "matvec = analysis.hessian_operator's)"
     )
     worst = max(max(r["hvp / grad"], r["matvec / grad"]) for r in rows)

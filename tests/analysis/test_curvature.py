@@ -211,6 +211,8 @@ def test_validation_errors():
         analysis.hessian_operator(lambda p, x, y: mlp.apply(p, x), params, x, y)
     with pytest.raises(ValueError, match="scalar"):
         analysis.hessian(lambda p, x, y: mlp.apply(p, x), params, x, y)
+    with pytest.raises(ValueError, match="scalar"):
+        analysis.hvp(lambda p, x, y: mlp.apply(p, x), params, v, x, y)
     bad_params = jax.tree_util.tree_map(lambda a: a, params)
     bad_params[1]["W"] = bad_params[1]["W"].at[0, 0].set(jnp.nan)
     with pytest.raises(ValueError, match=r"params contains NaN.*\[1\]\['W'\]"):
