@@ -97,6 +97,15 @@ def test_train_normalised_network(tmp_path, capsys, flag):
     assert "--batchnorm/--transform" in _fail(capsys, switched)
 
 
+def test_no_grad_norm_trains_the_same_network(tmp_path):
+    common = ["train", "--dataset", "digits", "--epochs", "2", "--hidden", "16", "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*common, "--no-grad-norm", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in "ab")
+    assert b["history"]["grad_norm"] == [None, None] and all(g > 0 for g in a["history"]["grad_norm"])
+    assert a["history"]["train_loss"] == b["history"]["train_loss"] and a["test_error"] == b["test_error"]
+
+
 def test_non_finite_loss_exits_2(tmp_path, capsys):
     out = tmp_path / "run"
     # A linear net with an absurd learning rate overflows within a few steps.
