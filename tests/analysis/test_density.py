@@ -125,6 +125,7 @@ def test_deflated_slq_moment_targets_on_trained_mlp(trained, seed):
     assert abs(float(density.moment(2)) / m2 - 1) < 0.05
 
 
+@pytest.mark.slow
 def test_deflated_slq_second_moment_at_initialisation(digits):
     # At the random initialisation tr(H)/P is a near-cancellation (0.0075 against eigenvalues in
     # [-3.8, 10]): deflation brings the second moment within 5% but the trace only to its (smaller)
