@@ -98,21 +98,10 @@ def digits_eigh():
 def trained_digits_mlp(steps: int = 200):
     """:func:`digits_mlp` after ``steps`` full-batch Adam steps (learning rate 0.01; training loss ~0.01):
     the Hessian of a trained network, nearly positive semi-definite and led by a few outliers."""
-    import optax
+    from benchmarks.hessian_bench import adam_steps
 
     params, x, y = digits_mlp()
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def run(params):
-        def step(carry, _):
-            params, state = carry
-            updates, state = opt.update(jax.grad(loss_fn)(params, x, y), state, params)
-            return (optax.apply_updates(params, updates), state), None
-
-        return jax.lax.scan(step, (params, opt.init(params)), length=steps)[0][0]
-
-    return run(params), x, y
+    return adam_steps(loss_fn, params, x, y, steps=steps), x, y
 
 
 @functools.cache
