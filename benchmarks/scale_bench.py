@@ -149,11 +149,12 @@ def density_at_scale(hidden, num_samples, batch_size, steps, probes, mesh, seed=
     from analysis import density as _density
 
     tic = time.perf_counter()
-    compiled = _density._slq.lower(matvec, probes_, steps).compile()
+    no_deflation = jnp.zeros((0, dim), jnp.float32)  # spectral_density's default, num_deflate=0
+    compiled = _density._slq.lower(matvec, probes_, steps, no_deflation).compile()
     compile_density = time.perf_counter() - tic
     density_memory = compiled.memory_analysis()
     tic = time.perf_counter()
-    nodes, weights = block(compiled(matvec, probes_))
+    nodes, weights = block(compiled(matvec, probes_, no_deflation))
     run_seconds = time.perf_counter() - tic
     per_product = run_seconds / (steps * probes)
     result = dict(
