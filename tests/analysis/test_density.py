@@ -181,6 +181,35 @@ def test_slq_float32():
     np.testing.assert_allclose(np.sort(density.nodes, axis=1), np.tile(lam, (4, 1)), atol=1e-4 * 4)
 
 
+def test_deflated_slq_float32():
+    # Three outliers of alternating sign over a bulk in [0.5, 4]: after deflation every node that
+    # carries weight lies in the bulk, and the moments (degree < 2 * 30) are exact up to rounding.
+    lam = np.concatenate([[-30.0, 25.0, 40.0], np.linspace(0.5, 4.0, 57)])
+    matvec, dim = dense_operator(M.planted(lam, 2).astype(np.float32))
+    density = analysis.spectral_density(
+        matvec, dim, num_steps=30, num_probes=4, key=jax.random.PRNGKey(0), num_deflate=3, deflate_tol=1e-5
+    )
+    assert density.nodes.dtype == density.weights.dtype == jnp.float32
+    assert density.nodes.shape == (4, 33)
+    np.testing.assert_allclose(density.nodes[:, :3], np.tile([40.0, -30.0, 25.0], (4, 1)), atol=1e-5 * 40)
+    nodes, weights = np.asarray(density.nodes[:, 3:]), np.asarray(density.weights[:, 3:])
+    carried = nodes[weights > 1e-6]
+    assert carried.min() > 0.5 - 1e-3 and carried.max() < 4.0 + 1e-3
+    np.testing.assert_allclose(np.sum(density.weights, axis=1), 1.0, atol=1e-5)
+    # Per probe: the outliers exactly, plus the bulk's quadratic forms of the unit projected probe.
+    A = M.planted(lam, 2)
+    values, U = np.linalg.eigh(A)
+    V = largest_magnitude(values, U, 3)[1]
+    z = np.asarray(jax.random.rademacher(jax.random.PRNGKey(0), (4, dim), jnp.float32), np.float64)
+    w = z - (z @ V) @ V.T
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    bw = w @ A
+    bw -= (bw @ V) @ V.T
+    got = np.asarray(density.weights, np.float64) * np.asarray(density.nodes, np.float64) ** 2
+    exact = (np.sum(lam[:3] ** 2) + 57 * np.sum(bw * bw, axis=1)) / dim
+    np.testing.assert_allclose(np.sum(got, axis=1), exact, rtol=1e-4)
+
+
 def test_slq_compiles_once():
     traces = []
 
