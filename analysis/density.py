@@ -42,8 +42,10 @@ class SpectralDensity(NamedTuple):
     """Gauss quadrature rules of stochastic Lanczos quadrature, one per probe.
 
     Attributes:
-        nodes: ``(num_probes, num_steps)`` Ritz values.
-        weights: ``(num_probes, num_steps)`` squared first eigenvector components; each row sums to 1.
+        nodes: ``(num_probes, num_steps)`` Ritz values; with deflation, ``(num_probes, k + num_steps)``
+            whose first ``k`` columns are the deflated eigenvalues.
+        weights: same shape, squared first eigenvector components (scaled by ``(dim - k) / dim`` with
+            deflation, ``1 / dim`` on the deflated eigenvalues); each row sums to 1.
     """
 
     nodes: jax.Array
