@@ -201,6 +201,10 @@ def spectral_density(
     if key is None:
         raise ValueError("spectral_density needs a PRNG key to find the eigenpairs it deflates")
     pairs = eigsh(op, dim, k, which="LM", tol=deflate_tol, key=jax.random.fold_in(key, 1))
+    vectors = pairs.eigenvectors.astype(probes.dtype)
+    rest = np.asarray(jnp.linalg.norm(probes - (probes @ vectors) @ vectors.T, axis=1))
+    if np.any(rest <= 1e-6 * np.asarray(jnp.linalg.norm(probes, axis=1))):
+        raise ValueError("a probe lies in the span of the deflated eigenvectors; nothing is left to sample")
     nodes, weights = _slq(op, probes, num_steps, pairs.eigenvectors.T)
     exact = jnp.broadcast_to(pairs.eigenvalues, (probes.shape[0], k))
     nodes = jnp.concatenate([exact, nodes], axis=1)

@@ -276,6 +276,9 @@ def test_validation_errors():
         analysis.spectral_density(matvec, dim, num_steps=5)
     with pytest.raises(ValueError, match=r"num_deflate must be an integer in \[0, 5\]"):
         analysis.spectral_density(matvec, dim, num_steps=5, key=key, num_deflate=6)
+    top = jnp.asarray(np.linalg.eigh(M.planted(np.arange(10.0), 0))[1][:, -1:].T)  # eigenvalue 9
+    with pytest.raises(ValueError, match="span of the deflated eigenvectors"):
+        analysis.spectral_density(matvec, dim, num_steps=5, probes=top, key=key, num_deflate=2)
     with pytest.raises(ValueError, match="key to find the eigenpairs"):
         analysis.spectral_density(matvec, dim, num_steps=5, probes=jnp.ones((2, 10)), num_deflate=2)
     with pytest.raises(ValueError, match=r"grid must have shape \(g,\)"):
