@@ -83,9 +83,14 @@ def _is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-@jax.jit
-def _finite_flags(leaves):
-    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
+def _finite(tree):
+    """One flag per floating leaf of ``tree``: all entries finite (a single ``True`` if there are none)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    leaves = [leaf for leaf in leaves if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] or [jnp.array(True)])
+
+
+_finite_flags = jax.jit(_finite)
 
 
 def _check_finite(what: str, tree) -> None:
@@ -127,7 +132,11 @@ def _aval(leaf) -> tuple:
 def _check_scalar_loss(loss_fn: Callable, params, args) -> None:
     leaves, treedef = jax.tree_util.tree_flatten((params, tuple(args)))
     avals = tuple(_aval(leaf) for leaf in leaves)
-    out = _loss_output(loss_fn, treedef, avals)
+    _require_scalar(_loss_output(loss_fn, treedef, avals))
+
+
+def _require_scalar(out) -> None:
+    """Raise unless ``out`` (the loss's output, or its shape) is a scalar."""
     shape = getattr(out, "shape", None)
     if shape != ():
         got = shape if shape is not None else jax.tree_util.tree_structure(out)
@@ -209,12 +218,6 @@ def _check_tangent(params, v) -> None:
             )
 
 
-def _finite(tree):
-    leaves = jax.tree_util.tree_leaves(tree)
-    leaves = [leaf for leaf in leaves if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] or [jnp.array(True)])
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _hvp_checked(loss_fn, params, v, args):
     """``H v`` (``v`` cast to the parameters' dtypes) and whether params and args are all finite.
@@ -223,10 +226,7 @@ def _hvp_checked(loss_fn, params, v, args):
     shape checks run while tracing, so they cost nothing on the calls that reuse the compiled program.
     """
     _check_tangent(params, v)
-    out = jax.eval_shape(loss_fn, params, *args)
-    if getattr(out, "shape", None) != ():
-        got = out.shape if hasattr(out, "shape") else jax.tree_util.tree_structure(out)
-        raise ValueError(f"loss_fn must return a scalar, got {got}")
+    _require_scalar(jax.eval_shape(loss_fn, params, *args))
     v = jax.tree_util.tree_map(lambda t, p: jnp.asarray(t, p.dtype), v, params)
     flags = jnp.concatenate([_finite(params), _finite(args)])
     return _tree_hvp(loss_fn, params, v, args), flags

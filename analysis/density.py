@@ -205,7 +205,7 @@ def spectral_density(
     rest = np.asarray(jnp.linalg.norm(probes - (probes @ vectors) @ vectors.T, axis=1))
     if np.any(rest <= 1e-6 * np.asarray(jnp.linalg.norm(probes, axis=1))):
         raise ValueError("a probe lies in the span of the deflated eigenvectors; nothing is left to sample")
-    nodes, weights = _slq(op, probes, num_steps, pairs.eigenvectors.T)
+    nodes, weights = _slq(op, probes, num_steps, vectors.T)
     exact = jnp.broadcast_to(pairs.eigenvalues, (probes.shape[0], k))
     nodes = jnp.concatenate([exact, nodes], axis=1)
     weights = jnp.concatenate([jnp.full_like(exact, 1 / dim), weights * ((dim - k) / dim)], axis=1)
