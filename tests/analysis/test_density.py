@@ -72,6 +72,15 @@ def deflated_sd(lam, U, k, power, num_probes):
     return rademacher_sd(np.sum(values**2), (U[:, rest] ** 2) @ values, num_probes)
 
 
+def deflated_forms(z, A, V):
+    """Unit projected probes ``w`` and ``B w`` for ``B = (I - V V^T) A (I - V V^T)``, per row of ``z``."""
+    w = z - (z @ V) @ V.T
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    bw = w @ A
+    bw -= (bw @ V) @ V.T  # w is already orthogonal to V
+    return w, bw
+
+
 def test_deflated_slq_is_exact_per_probe(digits):
     # Oracle without sampling error: with the top-|lambda| pairs (lambda_i, u_i) removed, each row is
     # (1/P) [sum_i lambda_i^k + (P - k) w^T B^k w] for B = (I - U U^T) H (I - U U^T) and w the unit
@@ -88,10 +97,7 @@ def test_deflated_slq_is_exact_per_probe(digits):
     np.testing.assert_allclose(jnp.sum(density.weights, axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(density.nodes[:, :k], np.broadcast_to(top, (20, k)), rtol=0, atol=1e-8 * norm)
     np.testing.assert_allclose(density.weights[:, :k], 1 / dim, rtol=1e-12)
-    w = np.asarray(z) - (np.asarray(z) @ V) @ V.T
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    bw = w @ H
-    bw -= (bw @ V) @ V.T  # B w, as w is already orthogonal to V
+    w, bw = deflated_forms(np.asarray(z), H, V)
     nodes, weights = np.asarray(density.nodes), np.asarray(density.weights)
     for power, forms in [(1, np.sum(w * bw, axis=1)), (2, np.sum(bw * bw, axis=1))]:
         exact = (np.sum(top**power) + (dim - k) * forms) / dim
@@ -201,10 +207,7 @@ def test_deflated_slq_float32():
     values, U = np.linalg.eigh(A)
     V = largest_magnitude(values, U, 3)[1]
     z = np.asarray(jax.random.rademacher(jax.random.PRNGKey(0), (4, dim), jnp.float32), np.float64)
-    w = z - (z @ V) @ V.T
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    bw = w @ A
-    bw -= (bw @ V) @ V.T
+    _, bw = deflated_forms(z, A, V)
     got = np.asarray(density.weights, np.float64) * np.asarray(density.nodes, np.float64) ** 2
     exact = (np.sum(lam[:3] ** 2) + 57 * np.sum(bw * bw, axis=1)) / dim
     np.testing.assert_allclose(np.sum(got, axis=1), exact, rtol=1e-4)
