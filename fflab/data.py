@@ -44,6 +44,7 @@ __all__ = [
     "batch_indices",
     "cache_dir",
     "load",
+    "permutation",
     "read_idx",
     "shuffle",
 ]
@@ -243,6 +244,36 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
     return arr.astype(dtype.newbyteorder("="))
 
 
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)``, the same array, about 3x faster on the CPU for ``n <= 65536``.
+
+    jax shuffles by sorting ``arange(n)`` by fresh random 32-bit keys, stably, in one or two rounds; a
+    key-value sort is slow on XLA:CPU (12 ms for 60,000 pairs on 2 cores, against 2 ms for a plain
+    ``uint32`` sort). Below 2**16 elements each stable argsort is done here as two plain sorts of packed
+    words, ``(low 16 key bits, index)`` then ``(high 16 key bits, position)``: a two-digit radix sort that
+    orders exactly as the stable key-value sort does. The rounds, keys and random bits are jax's, so the
+    result is identical (``tests/fflab/test_data.py`` compares them); larger ``n`` calls jax directly.
+
+    Works under ``jit`` with a traced ``key``; ``n`` is a Python int.
+    """
+    n = int(n)
+    if not 0 <= n <= _PACKED_MAX:
+        return jax.random.permutation(key, n)
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random._shuffle
+    perm = jnp.arange(n)
+    index = jnp.arange(n, dtype=jnp.uint32)
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        bits = jax.random.bits(subkey, (n,), jnp.uint32)
+        by_low = jax.lax.sort(((bits & 0xFFFF) << 16) | index) & 0xFFFF
+        by_high = jax.lax.sort(((bits[by_low] >> 16) << 16) | index) & 0xFFFF
+        perm = perm[by_low[by_high]]
+    return perm
+
+
+_PACKED_MAX = 1 << 16  # indices must fit the low 16 bits of a packed sort word
+
+
 def batch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
     """A random permutation of ``range(n)`` cut into full batches (the remainder is dropped).
 
@@ -260,7 +291,7 @@ def batch_indices(key: jax.Array, n: int, batch_size: int) -> jax.Array:
     if batch_size < 1 or batch_size > n:
         raise ValueError(f"batch_size must be between 1 and n = {n}, got {batch_size}")
     num_batches = n // batch_size
-    perm = jax.random.permutation(key, n)
+    perm = permutation(key, n)
     return perm[: num_batches * batch_size].reshape(num_batches, batch_size).astype(jnp.int32)
 
 
@@ -279,7 +310,7 @@ def shuffle(key: jax.Array, x, y):
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-    perm = jax.random.permutation(key, x.shape[0])
+    perm = permutation(key, x.shape[0])
     if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
         perm = np.asarray(perm)
     return x[perm], y[perm]

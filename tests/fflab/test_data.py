@@ -491,6 +491,18 @@ def test_fashion_mnist_real_files():
 # --- batching ---
 
 
+# Sizes around jax's switch from one to two sort rounds (1,625 / 1,626) and the packed-sort limit 2**16.
+# At 60,000 thousands of pairs share their low or their high 16 key bits, so the tie-breaking is exercised.
+@pytest.mark.parametrize("n", [0, 1, 2, 37, 1625, 1626, 60_000, 65_536, 65_537])
+def test_permutation_is_jax_random_permutation(n):
+    for seed in range(3):
+        for key in (jax.random.key(seed), jax.random.PRNGKey(seed)):
+            expected = jax.random.permutation(key, n)
+            got = jax.jit(data.permutation, static_argnums=1)(key, n)
+            assert got.dtype == expected.dtype and got.shape == (n,)
+            np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("n, batch_size", [(50, 7), (48, 8), (5, 5), (10, 1)])
 def test_batch_indices_is_a_permutation_in_batches(seed, n, batch_size):
