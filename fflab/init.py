@@ -25,9 +25,18 @@ __all__ = ["SCHEMES", "std", "weights"]
 SPARSE_CONNECTIONS = 15
 
 
+def _normal(key, n_in, n_out, dtype):
+    """``jax.random.normal(key, (n_in, n_out), dtype)``, the same numbers, drawn flat and reshaped.
+
+    XLA:CPU compiles the 2-D draw several times slower when ``n_out`` is small (1.8 s against 0.5 s for a
+    ``(144, 10)`` output layer), and a compile per layer shape adds up in experiments and tests.
+    """
+    return jax.random.normal(key, (n_in * n_out,), dtype).reshape(n_in, n_out)
+
+
 def _gaussian(std_fn: Callable[[int, int], float]):
     def scheme(key, n_in, n_out, dtype):
-        return std_fn(n_in, n_out) * jax.random.normal(key, (n_in, n_out), dtype)
+        return std_fn(n_in, n_out) * _normal(key, n_in, n_out, dtype)
 
     return scheme
 
@@ -48,10 +57,10 @@ def _sparse(key, n_in, n_out, dtype):
     k = min(SPARSE_CONNECTIONS, n_in)
     key_idx, key_val = jax.random.split(key)
     # Rank random scores per column to draw k distinct input rows per unit without a Python loop.
-    scores = jax.random.uniform(key_idx, (n_in, n_out))
+    scores = jax.random.uniform(key_idx, (n_in * n_out,)).reshape(n_in, n_out)  # as _normal, flat
     ranks = jnp.argsort(jnp.argsort(scores, axis=0), axis=0)
     mask = ranks < k
-    return jnp.where(mask, jax.random.normal(key_val, (n_in, n_out), dtype), 0.0).astype(dtype)
+    return jnp.where(mask, _normal(key_val, n_in, n_out, dtype), 0.0).astype(dtype)
 
 
 def _orthogonal(key, n_in, n_out, dtype):

@@ -39,6 +39,17 @@ def test_scale_multiplies_the_weights():
                                3.0 * init.weights(key, 30, 20, "glorot"), rtol=1e-12)
 
 
+@pytest.mark.parametrize("partitionable", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_gaussian_draw_is_jax_random_normal_of_the_layer_shape(dtype, partitionable):
+    # The schemes draw flat and reshape (faster to compile); the weights must stay the 2-D draw's numbers.
+    with jax.threefry_partitionable(partitionable):
+        for n_in, n_out in [(144, 10), (7, 3), (1, 5)]:
+            key = jax.random.PRNGKey(n_in)
+            expected = init.std("lecun", n_in, n_out) * jax.random.normal(key, (n_in, n_out), dtype)
+            np.testing.assert_array_equal(init.weights(key, n_in, n_out, "lecun", dtype=dtype), expected)
+
+
 def test_sparse_has_exactly_15_nonzero_incoming_weights_per_unit():
     w = np.asarray(init.weights(jax.random.PRNGKey(3), 200, 50, "sparse"))
     np.testing.assert_array_equal((w != 0).sum(axis=0), np.full(50, 15))
