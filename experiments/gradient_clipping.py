@@ -14,8 +14,9 @@ of width ``~ slope^-50`` in ``b``), so this part computes in float64 whatever th
 We measure: the loss and gradient norm over a ``(w, b)`` grid and along a line through the wall; one descent
 path started on the high plateau, with and without clipping (its largest single step); and, from many random
 starts, the fraction that reaches a low loss. Then a deep relu MLP trained with plain SGD at high learning
-rates, with and without clipping (:func:`fflab.train.make_optimizer`'s ``clip``): how many of ``seeds`` runs
-diverge (a non-finite loss, or a final training loss above the initial one).
+rates, with and without clipping (``optax.clip_by_global_norm`` ahead of SGD, the chain that
+:func:`fflab.train.make_optimizer`'s ``clip`` builds): how many of ``seeds`` runs diverge (a non-finite loss,
+or a final training loss above the initial one).
 
 References:
     Pascanu, Mikolov & Bengio (2013), On the difficulty of training recurrent neural networks.
@@ -129,9 +130,20 @@ def descend(optimizer: optax.GradientTransformation, starts: jax.Array, steps: i
         ``(path, losses)``: ``path`` of shape ``(k, steps + 1, 2)`` (start included), ``losses`` of shape
         ``(k, steps + 1)``.
     """
+    return _descend(lambda _: optimizer, starts, np.zeros(len(starts)), steps)
+
+
+def _descend(make_opt, starts, hyper, steps: int):
+    """:func:`descend` with row ``i`` of ``starts`` run by the optimiser ``make_opt(hyper[i])``.
+
+    ``hyper[i]`` is traced, so rows with different hyperparameters (the clipped and the unclipped runs)
+    share one compilation of the 1000-step scan.
+    """
     grad_fn = jax.value_and_grad(loss)
 
-    def one(p):
+    def one(p, h):
+        optimizer = make_opt(h)
+
         def step(carry, _):
             p, s = carry
             value, g = grad_fn(p)
@@ -141,7 +153,7 @@ def descend(optimizer: optax.GradientTransformation, starts: jax.Array, steps: i
         (p_end, _), (path, values) = jax.lax.scan(step, (p, optimizer.init(p)), None, length=steps)
         return jnp.concatenate([path, p_end[None]]), jnp.concatenate([values, loss(p_end)[None]])
 
-    return jax.jit(jax.vmap(one))(starts)
+    return jax.jit(jax.vmap(one))(jnp.asarray(starts), jnp.asarray(hyper))
 
 
 def _digits(a: np.ndarray, digits: int = 7) -> np.ndarray:
@@ -150,37 +162,47 @@ def _digits(a: np.ndarray, digits: int = 7) -> np.ndarray:
 
 
 def _cliff(config: Config) -> dict:
-    value_grad = jax.jit(jax.vmap(jax.value_and_grad(loss)))
     w = np.linspace(*config.w_range, config.grid)
     b = np.linspace(*config.b_range, config.grid)
     W, B = np.meshgrid(w, b)
-    values, grads = value_grad(jnp.asarray(np.stack([W.ravel(), B.ravel()], 1)))
-    grid_loss = _digits(np.asarray(values).reshape(W.shape))
-    grid_gnorm = _digits(np.linalg.norm(np.asarray(grads), axis=1).reshape(W.shape))
+    grid = np.stack([W.ravel(), B.ravel()], 1)
 
     # The gradient norm as the wall is approached along b at w = cliff_w.
     wall = find_wall(config.cliff_w, config.b_range[0], config.b_range[1])
     offsets = 10.0 ** -np.arange(1, 15)
-    line = jnp.asarray([[config.cliff_w, wall + s * d] for d in offsets for s in (-1, 1)])
-    line_loss, line_grad = value_grad(line)
-    line_gnorm = np.linalg.norm(np.asarray(line_grad), axis=1).reshape(len(offsets), 2)
+    line = np.asarray([[config.cliff_w, wall + s * d] for d in offsets for s in (-1, 1)])
 
-    # One path from the high plateau (row 0) and many random starts, with and without clipping: one
-    # descent (one compilation) per optimiser; the rows are independent.
+    # Grid and line in one call: the rows are independent, and one batch shape is one compilation.
+    values, grads = (np.asarray(a) for a in jax.jit(jax.vmap(jax.value_and_grad(loss)))(
+        jnp.asarray(np.concatenate([grid, line]))))
+    grid_loss = _digits(values[: len(grid)].reshape(W.shape))
+    grid_gnorm = _digits(np.linalg.norm(grads[: len(grid)], axis=1).reshape(W.shape))
+    line_loss = values[len(grid):]
+    line_gnorm = np.linalg.norm(grads[len(grid):], axis=1).reshape(len(offsets), 2)
+
+    # One path from the high plateau (row 0) and many random starts, with and without clipping, in one
+    # descent (one compilation): the rows are independent, and an unclipped row is one clipped at +inf,
+    # which passes every finite gradient through unchanged.
     lo = np.array([config.w_range[0], config.b_range[0]])
     hi = np.array([config.w_range[1], config.b_range[1]])
     key = jax.random.key(config.seed)
-    starts = lo + (hi - lo) * np.asarray(jax.random.uniform(key, (config.num_starts, 2), jnp.float64))
-    paths, starts_result = {}, {}
-    for label, clip in (("unclipped", None), ("clipped", config.clip)):
-        all_starts = jnp.asarray(np.concatenate([np.asarray([config.start], float), starts]))
-        all_paths, all_values = descend(make_optimizer(config.lr, clip), all_starts, config.descent_steps)
-        path, values = np.asarray(all_paths[0]), np.asarray(all_values[0])
+    # Drawn flat and reshaped: the same numbers, but a threefry draw with a short last axis compiles slowly.
+    unit = jax.random.uniform(key, (2 * config.num_starts,), jnp.float64).reshape(config.num_starts, 2)
+    starts = lo + (hi - lo) * np.asarray(unit)
+    rows = np.concatenate([np.asarray([config.start], float), starts])
+    settings = (("unclipped", math.inf), ("clipped", config.clip))
+    all_paths, all_values = (np.asarray(a) for a in _descend(
+        lambda clip: make_optimizer(config.lr, clip), np.concatenate([rows] * len(settings)),
+        np.repeat([clip for _, clip in settings], len(rows)), config.descent_steps))
+    paths, starts_result, n = {}, {}, len(rows)
+    for i, (label, _) in enumerate(settings):
+        run_paths, run_values = all_paths[i * n: (i + 1) * n], all_values[i * n: (i + 1) * n]
+        path, values = run_paths[0], run_values[0]
         jumps = np.linalg.norm(np.diff(path, axis=0), axis=1)
         paths[label] = {"path": path, "loss": values, "max_jump": float(jumps.max()),
                         "max_jump_step": int(jumps.argmax()), "final_loss": float(values[-1])}
-        final = np.asarray(all_values[1:, -1])
-        jumps = np.linalg.norm(np.diff(np.asarray(all_paths[1:]), axis=1), axis=2).max(axis=1)
+        final = run_values[1:, -1]
+        jumps = np.linalg.norm(np.diff(run_paths[1:], axis=1), axis=2).max(axis=1)
         starts_result[label] = {
             "final_loss": final,
             "success_fraction": float(np.mean(final < config.success_loss)),
@@ -190,9 +212,22 @@ def _cliff(config: Config) -> dict:
         "w": w, "b": b, "loss": grid_loss, "grad_norm": grid_gnorm,
         "grad_norm_orders": float(np.log10(grid_gnorm.max() / grid_gnorm.min())),
         "wall_b": wall, "wall_offsets": offsets, "wall_grad_norm_below": line_gnorm[:, 0],
-        "wall_grad_norm_above": line_gnorm[:, 1], "wall_loss": np.asarray(line_loss).reshape(len(offsets), 2),
+        "wall_grad_norm_above": line_gnorm[:, 1], "wall_loss": line_loss.reshape(len(offsets), 2),
         "paths": paths, "starts": starts, "random_starts": starts_result,
     }
+
+
+def _with_hyperparams(opt_state, **values):
+    """The state of a chain of ``inject_hyperparams`` transforms with the named hyperparameters set.
+
+    Each value takes the dtype the state holds, so every setting hits the same compiled epoch.
+    """
+    parts = []
+    for part in opt_state:
+        hyper = {k: jnp.asarray(values[k], v.dtype) if k in values else v
+                 for k, v in part.hyperparams.items()}
+        parts.append(part._replace(hyperparams=hyper))
+    return tuple(parts)
 
 
 def _deep(config: Config) -> dict:
@@ -202,15 +237,22 @@ def _deep(config: Config) -> dict:
     x, y = jnp.asarray(ds.x_train[:n], dtype), jnp.asarray(ds.y_train[:n])
     sizes = [x.shape[1], *[config.width] * (config.depth - 1), ds.num_classes]
     keys = jax.random.split(jax.random.key(config.seed + 1), config.seeds)
+    # Plain SGD after optax.clip_by_global_norm, both with their hyperparameter in the optimiser state
+    # (optax.inject_hyperparams), so one compiled epoch serves every rate, clipped or not, and every seed.
+    # "Unclipped" is clipping at +inf, which passes every finite gradient through unchanged (and a
+    # non-finite one stays non-finite): the same steps as optax.sgd alone.
+    opt = optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=math.inf),
+                      optax.inject_hyperparams(optax.sgd)(learning_rate=1.0))
+    epoch_fn = train.make_train_epoch(opt, batch_size=config.batch_size)
     out = {}
     for lr in config.learning_rates:
         for label, clip in (("unclipped", None), ("clipped", config.net_clip)):
-            opt = train.make_optimizer("sgd", lr, clip=clip)
-            epoch_fn = train.make_train_epoch(opt, batch_size=config.batch_size)  # compiled once, all seeds
             runs = []
             for key in keys:
                 k_init, k_data = jax.random.split(key)
                 state = train.init_state(mlp.init(k_init, sizes, dtype=dtype), opt, k_data)
+                state = state._replace(opt_state=_with_hyperparams(
+                    state.opt_state, max_norm=math.inf if clip is None else clip, learning_rate=lr))
                 curve = [train.evaluate(state.params, x, y)[0]]
                 grad_norms = []
                 for _ in range(config.epochs):
