@@ -124,12 +124,16 @@ def test_saxe_spectra(run):
 
 
 def test_saxe_spectra_against_numpy_products():
+    # The QUICK run's matrix size and depth: the same compiled draws as the experiment (in the same worker).
+    n, depth = initialization.QUICK.saxe_n, initialization.QUICK.saxe_depth
     key = jax.random.key(3)
-    spectra = initialization.saxe_spectra(key, 12, 5, "orthogonal", record=(1, 5))
-    mats = [np.asarray(init.weights(k, 12, 12, "orthogonal"), np.float64) for k in jax.random.split(key, 5)]
+    with initialization._one_blas_thread():  # QR on two busy cores spin-waits otherwise (see there)
+        spectra = initialization.saxe_spectra(key, n, depth, "orthogonal", record=(1, depth))
+        mats = [np.asarray(init.weights(k, n, n, "orthogonal"), np.float64)
+                for k in jax.random.split(key, depth)]
     product = np.linalg.multi_dot(mats)
-    np.testing.assert_allclose(product.T @ product, np.eye(12), atol=1e-10)
-    np.testing.assert_allclose(spectra[5], np.linalg.svd(product, compute_uv=False), atol=1e-12)
+    np.testing.assert_allclose(product.T @ product, np.eye(n), atol=1e-10)
+    np.testing.assert_allclose(spectra[depth], np.linalg.svd(product, compute_uv=False), atol=1e-12)
     np.testing.assert_allclose(spectra[1], np.linalg.svd(mats[0], compute_uv=False), atol=1e-12)
 
 
