@@ -25,11 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 4
 
 # Runs with 4 CPU devices. 120 digits split 30 per device; batch_size 7 gives 4 full chunks and a
-# remainder of 2 on each device.
+# remainder of 2 on each device. Nearly all of its time is compilation, so it builds each program once:
+# the float32 model and vectors are the float64 ones rounded on the host (no second set of random-number
+# programs), and one compiled call of the one-device operator gives both the oracle products and the
+# dense one-device matrix behind the eigsh, trace and Lanczos oracles.
 SCRIPT = r"""
 import json, re, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.tree_util import Partial
 import analysis
 from analysis import krylov
 from tests.analysis import _models as M
@@ -53,11 +57,26 @@ def num_all_reduce(compiled):
 def apply(op, vs):
     return jax.vmap(op)(vs)
 
-for dtype in ("float64", "float32"):
-    params, x, y = M.digits_mlp(120, sizes=(64, 6, 10), dtype=getattr(jnp, dtype))
+def to_float32(tree):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float32)), tree)
+
+params64, x64, y = M.digits_mlp(120, sizes=(64, 6, 10))
+rng = np.random.default_rng(0)
+dim = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params64))
+vs64 = rng.standard_normal((3, dim))
+models = {
+    "float64": (params64, x64, vs64),
+    "float32": (*to_float32((params64, x64)), vs64.astype(np.float32)),
+}
+for dtype, (params, x, vs_host) in models.items():
     one, dim = analysis.hessian_operator(M.loss_fn, params, x, y)
-    vs = jax.random.normal(jax.random.PRNGKey(0), (3, dim), getattr(jnp, dtype))
-    want = jax.vmap(one)(vs)
+    vs = jnp.asarray(vs_host)
+    if dtype == "float64":
+        # The oracle products and the dense one-device matrix (its rows are one(e_i)) in one call.
+        rows = np.asarray(jax.vmap(one)(jnp.asarray(np.concatenate([vs_host, np.eye(dim)]))))
+        want, H = rows[:3], rows[3:]
+    else:
+        want = jax.vmap(one)(vs)
     res = {}
     for name, kw in [("plain", {}), ("chunked", {"batch_size": 7})]:
         sharded, _ = analysis.hessian_operator(M.loss_fn, params, x, y, mesh=mesh, **kw)
@@ -68,10 +87,12 @@ for dtype in ("float64", "float32"):
         res[name], res[name + "_dtype"] = rel(got, want), str(got.dtype)
         res[name + "_all_reduce_vmapped"] = num_all_reduce(many)
         if dtype == "float64":
-            single = jax.jit(lambda op, v: op(v)).lower(sharded, vs[0]).compile()
-            res[name + "_single"] = rel(single(sharded, vs[0]), want[0])
+            v = jnp.asarray(vs_host[0])
+            single = jax.jit(lambda op, v: op(v)).lower(sharded, v).compile()
+            res[name + "_single"] = rel(single(sharded, v), want[0])
             res[name + "_all_reduce"] = num_all_reduce(single)
     if dtype == "float64":
+        chunked = sharded  # batch_size 7: the operator of the eigsh, trace and Lanczos checks below
         ggn_kw = dict(curvature="ggn", output_fn=M.output_fn, loss="cross_entropy")
         ggn_one, _ = analysis.hessian_operator(M.loss_fn, params, x, y, **ggn_kw)
         ggn_sharded, _ = analysis.hessian_operator(M.loss_fn, params, x, y, mesh=mesh, batch_size=7, **ggn_kw)
@@ -79,21 +100,21 @@ for dtype in ("float64", "float32"):
     out[dtype] = res
     tick(dtype)
 
-params, x, y = M.digits_mlp(120, sizes=(64, 6, 10))
-one, dim = analysis.hessian_operator(M.loss_fn, params, x, y)
-sharded, _ = analysis.hessian_operator(M.loss_fn, params, x, y, mesh=mesh, batch_size=7)
+sharded = chunked
 key = jax.random.PRNGKey(1)
-# The one-device oracle for eigsh is the dense matrix of one-device products (cheaper to compile than a
-# second eigsh, which test_krylov checks against numpy anyway).
-H = np.asarray(jax.vmap(one)(jnp.eye(dim)))
+# The one-device oracles for eigsh and trace come from the dense matrix of one-device products (cheaper
+# to compile than a second eigsh, which test_krylov checks against numpy anyway, or a second trace
+# program over the product): numpy's top eigenvalue, and the same Hutchinson estimate (same key, so the
+# same probes) on the dense matrix.
 top = analysis.eigsh(sharded, dim, 1, key=key, tol=1e-10).eigenvalues[0]
 out["top"] = [float(np.linalg.eigvalsh(H)[-1]), float(top)]
-out["trace"] = [float(analysis.trace(op, dim, num_probes=8, key=key).estimate) for op in (one, sharded)]
+dense = Partial(jnp.matmul, jnp.asarray(H))
+out["trace"] = [float(analysis.trace(op, dim, num_probes=8, key=key).estimate) for op in (dense, sharded)]
 tick("eigsh trace")
 # The whole compiled Lanczos loop holds one all-reduce (the product's, inside the while loop) and no
 # host transfer; run the same executable and check the Lanczos relation against the one-device matrix.
-v0 = jax.random.normal(key, (dim,))
-v0 = v0 / jnp.linalg.norm(v0)
+v0 = rng.standard_normal(dim)
+v0 = jnp.asarray(v0 / np.linalg.norm(v0))
 compiled = krylov._lanczos_jit.lower(sharded, v0, key, 12).compile()
 text = compiled.as_text()
 out["lanczos_all_reduce"] = num_all_reduce(compiled)
@@ -106,7 +127,7 @@ out["lanczos_orthonormal"] = float(np.max(np.abs(Q @ Q.T - np.eye(12))))
 tick("lanczos")
 
 try:
-    analysis.hessian_operator(M.loss_fn, params, x[:118], y[:118], mesh=mesh)
+    analysis.hessian_operator(M.loss_fn, params64, x64[:118], y[:118], mesh=mesh)
     out["indivisible"] = None
 except ValueError as err:
     out["indivisible"] = str(err)
@@ -118,7 +139,10 @@ print("RESULT " + json.dumps(out))
 def sharded():
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        # Optimisation level 0 applies to LLVM's code generation only: the optimised HLO, whose
+        # all-reduces and host calls are counted, is the same (checked by diffing compiled.as_text()), and
+        # the tiny programs run once, so LLVM's passes were about a third of this subprocess's CPU time.
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0",
         "JAX_ENABLE_X64": "1",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +37,10 @@ def test_batchnorm_matches_the_numpy_formula_and_updates_running_stats(seed):
 def test_batchnorm_network_train_and_eval_modes_agree_once_running_stats_converge():
     x, _ = _data(0, n=64)
     params, state = norm.init(jax.random.PRNGKey(0), [6, 8, 7, 3], norm="batchnorm", init="glorot")
+    # One compiled training-mode pass, called 200 times (op-by-op dispatch of 200 eager passes costs seconds).
+    train_step = jax.jit(functools.partial(norm.apply, norm="batchnorm", activation="tanh", train=True))
     for _ in range(200):  # the same batch every time: running averages converge to its statistics
-        logits_train, state = norm.apply(params, state, x, norm="batchnorm", activation="tanh", train=True)
+        logits_train, state = train_step(params, state, x)
     logits_eval, _ = norm.apply(params, state, x, norm="batchnorm", activation="tanh", train=False)
     # Running variance is unbiased (m / (m - 1)), the batch one is not: agreement to that factor's effect.
     np.testing.assert_allclose(logits_eval, logits_train, atol=0.05)
@@ -50,11 +54,13 @@ def test_batchnorm_hessian_is_finite_symmetric_and_second_derivatives_check():
         logits, _ = norm.apply(p, state, x, norm="batchnorm", activation="tanh", train=True)
         return losses.cross_entropy(logits, y)
 
+    # Jitted: the same derivative rules, traced through the whole loss, but a few compiled programs instead
+    # of a couple of hundred op-by-op compilations (most of this test's time when run eagerly).
     flat, unravel = ravel_pytree(params)
-    h = jax.hessian(lambda v: loss(unravel(v)))(flat)
+    h = jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat)
     assert np.all(np.isfinite(h))
     np.testing.assert_allclose(h, h.T, atol=1e-10)
-    check_grads(loss, (params,), order=2, modes=["rev"])
+    check_grads(jax.jit(loss), (params,), order=2, modes=["rev"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
