@@ -65,10 +65,15 @@ class Config:
     mus: tuple[float, float, int] = (1e-4, 1e2, 25)  # log grid of mu: first, last, count
     keep_eigs: int = 240  # eigenvalues stored per spectrum (rank-uniform subsample, ends included)
     seed: int = 0
+    # Compile the Hessian programs without LLVM's optimisations (xla_backend_optimization_level 0). QUICK's
+    # Hessians (500-1000 parameters, 400 samples) take a tenth of a second to run either way, while compiling
+    # them, one program per variant, takes seconds and halves without the optimisations; FULL's Hessians run
+    # long enough to want optimised code. The numbers agree to rounding either way.
+    fast_compile: bool = False
 
 
 QUICK = Config(dataset="digits", image_side=4, hidden=(12, 12), n_train=1437, n_hessian=400, epochs=8,
-               checkpoints=(1, 8), batch_size=50, learning_rate=0.1, mus=(1e-4, 1e2, 13))
+               checkpoints=(1, 8), batch_size=50, learning_rate=0.1, mus=(1e-4, 1e2, 13), fast_compile=True)
 FULL = Config()
 
 
@@ -159,11 +164,13 @@ def analyse(H: np.ndarray, g: np.ndarray, blocks: spectrum.ParamBlocks, mus: np.
 
 
 @functools.cache
-def _hessian_fn(variant: str):
-    """One jitted program per variant: dense Hessian, loss and flat gradient of :func:`hessian_loss`."""
+def _hessian_fn(variant: str, fast_compile: bool = False):
+    """One jitted program per variant: dense Hessian, loss and flat gradient of :func:`hessian_loss`
+    (``fast_compile``: see :class:`Config`)."""
     loss_fn = functools.partial(hessian_loss, variant=variant)
 
-    @jax.jit
+    @functools.partial(jax.jit,
+                       compiler_options={"xla_backend_optimization_level": 0} if fast_compile else None)
     def run(params, model_state, x, y):
         H = analysis.hessian(loss_fn, params, model_state, x, y)
         loss, g = jax.value_and_grad(loss_fn)(params, model_state, x, y)
@@ -172,11 +179,13 @@ def _hessian_fn(variant: str):
     return run
 
 
-def hessian_at(variant: str, params, model_state, x, y):
-    """Dense Hessian ``(P, P)``, gradient ``(P,)`` and loss in float64 (must run under ``jax.enable_x64``)."""
+def hessian_at(variant: str, params, model_state, x, y, *, fast_compile: bool = False):
+    """Dense Hessian ``(P, P)``, gradient ``(P,)`` and loss in float64 (must run under ``jax.enable_x64``;
+    ``fast_compile``: see :class:`Config`)."""
     to64 = functools.partial(jax.tree_util.tree_map, lambda a: np.asarray(a, np.float64))
     params, model_state = to64(params), to64(model_state)
-    H, loss, g = _hessian_fn(variant)(params, model_state, np.asarray(x, np.float64), np.asarray(y))
+    run = _hessian_fn(variant, fast_compile)
+    H, loss, g = run(params, model_state, np.asarray(x, np.float64), np.asarray(y))
     return np.asarray(H), np.asarray(g), float(loss), params
 
 
@@ -207,7 +216,7 @@ def run_variant(variant: str, config: Config, x, y) -> dict:
     with jax.enable_x64(True):
         for epoch in sorted(taken):
             tic = time.perf_counter()
-            H, g, loss, p64 = hessian_at(variant, *taken[epoch], xh, yh)
+            H, g, loss, p64 = hessian_at(variant, *taken[epoch], xh, yh, fast_compile=config.fast_compile)
             blocks = spectrum.param_blocks(p64)
             res = analyse(H, g, blocks, mus, config.keep_eigs)
             res["loss"] = loss

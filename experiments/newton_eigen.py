@@ -50,6 +50,10 @@ SLIDE = "Eigenvalues of the Hessian H (LeCun et al., 1998); Newton's method poin
 
 CLASS_MEAN = (0.4, 0.8)  # the classes sit at -m and +m
 
+# Compiler options of this module's programs. Their problems have 2 to 13 parameters and 100 points, where
+# LLVM's optimisations buy no run time worth having but take half of the compile time, most of a run's.
+_TINY = {"xla_backend_optimization_level": 0}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -107,7 +111,7 @@ def linear_loss(w, x, d):
     return 0.5 * jnp.mean(jnp.square(d - x @ w))
 
 
-@functools.partial(jax.jit, static_argnames="num")
+@functools.partial(jax.jit, static_argnames="num", compiler_options=_TINY)
 def gd_path(w0, step, x, d, *, num: int):
     """Batch gradient descent iterates ``(num + 1, 2)`` on :func:`linear_loss`."""
 
@@ -119,7 +123,7 @@ def gd_path(w0, step, x, d, *, num: int):
     return jnp.concatenate([w0[None], ws])
 
 
-@functools.partial(jax.jit, static_argnames="num")
+@functools.partial(jax.jit, static_argnames="num", compiler_options=_TINY)
 def _distance_ratio(w0, step, x, d, w_star, *, num: int):
     """``||w_N - w*|| / ||w_0 - w*||`` after ``num`` gradient steps (``inf`` once it overflows).
 
@@ -187,8 +191,7 @@ def eigen_steps(H, g, *, gd_step: float, sfn_damping: float | None = None) -> di
     lam, U = spectrum.eigh(H)
     g = np.asarray(g, np.float64)
     gi = U.T @ g
-    newton = -np.asarray(critical.damped_newton_direction(H, g, 0.0))
-    sfn = -np.asarray(critical.saddle_free_newton_direction(H, g, damping=sfn_damping))
+    newton, sfn = (-np.asarray(a) for a in _newton_directions(H, g, damping=sfn_damping))
     steps = {"gd": -gd_step * g, "newton": newton, "saddle_free": sfn}
     out = {"eigenvalues": lam, "gradient": gi, "eigenvectors": U}
     for name, s in steps.items():
@@ -199,8 +202,19 @@ def eigen_steps(H, g, *, gd_step: float, sfn_damping: float | None = None) -> di
     return out
 
 
+@functools.partial(jax.jit, static_argnames="damping", compiler_options=_TINY)
+def _newton_directions(H, g, *, damping):
+    """Newton's and saddle-free Newton's directions of :mod:`analysis.critical`, as one compiled program
+    (per shape) instead of a compiled dispatch for each of their operations."""
+    return (critical.damped_newton_direction(H, g, 0.0),
+            critical.saddle_free_newton_direction(H, g, damping=damping))
+
+
 def _toy_hessian(w):
     return analysis.hessian(tiny_example.loss, w)
+
+
+_toy_grad = jax.jit(jax.grad(tiny_example.loss), compiler_options=_TINY)
 
 
 def net_loss(params, x, d, decay):
@@ -210,33 +224,62 @@ def net_loss(params, x, d, decay):
     return 0.5 * jnp.mean(jnp.square(d - out)) + 0.5 * decay * flat @ flat
 
 
+@functools.cache
+def _net_loss_fn(decay: float):
+    """:func:`net_loss` at weight decay ``decay``, one object per value so that analysis reuses its
+    compiled programs."""
+    return functools.partial(net_loss, decay=decay)
+
+
 def _net_saddle_params(config: Config):
     """The saddle at the origin: every weight and bias zero (the output bias is ``mean(d) / (1 + decay)``,
     zero for balanced classes), the network's analogue of the toy loss's ``w1 = w2 = 0``."""
-    params = mlp.init(jax.random.PRNGKey(config.seed), [2, config.net_hidden, 1], init="glorot")
-    return jax.tree_util.tree_map(jnp.zeros_like, params)
+    # Only the structure of an initialised network is needed: eval_shape draws (and compiles) nothing.
+    shapes = jax.eval_shape(
+        lambda: mlp.init(jax.random.PRNGKey(config.seed), [2, config.net_hidden, 1], init="glorot"))
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "num", "sfn_damping"))
-def _second_order_path(flat0, unravel_template, x, d, decay, sfn_damping, lr, *, method: str, num: int):
+@functools.partial(jax.jit, compiler_options=_TINY)
+def _net_value_and_grad(flat, unravel_template, x, d, decay):
+    """:func:`net_loss` and its flat gradient at the flat parameters ``flat``."""
+    unravel = ravel_pytree(unravel_template)[1]
+    return jax.value_and_grad(lambda w: net_loss(unravel(w), x, d, decay))(flat)
+
+
+SECOND_ORDER = ("newton", "saddle_free")
+
+
+@functools.partial(jax.jit, static_argnames=("second_order", "num", "sfn_damping"), compiler_options=_TINY)
+def _net_paths(flat0, unravel_template, x, d, decay, sfn_damping, lr, *, second_order: bool, num: int):
+    """``num`` steps from ``flat0``: the last point and the ``num + 1`` losses along the way.
+
+    ``second_order=False``: gradient descent at rate ``lr``. ``second_order=True``: Newton's method and
+    saddle-free Newton's (damping ``sfn_damping``) side by side, one row each in the order of
+    :data:`SECOND_ORDER`. Vmapped over the method (each row forms both directions and keeps its own, which
+    costs nothing at this size), they trace and compile one Hessian and eigendecomposition, not two programs.
+    """
     unravel = ravel_pytree(unravel_template)[1]
 
     def f(flat):
         return net_loss(unravel(flat), x, d, decay)
 
-    def body(w, _):
-        g = jax.grad(f)(w)
-        if method == "gd":
-            return w - lr * g, f(w)
-        H = jax.hessian(f)(w)
-        if method == "newton":
-            step = critical.damped_newton_direction(H, g, 0.0)
-        else:
-            step = critical.saddle_free_newton_direction(H, g, damping=sfn_damping)
-        return w - step, f(w)
+    def gd(w, _):
+        return w - lr * jax.grad(f)(w), f(w)
 
-    w, losses = lax.scan(body, flat0, None, length=num)
-    return w, jnp.concatenate([losses, f(w)[None]])
+    def path(w0, saddle_free=None):
+        def newton(w, _):
+            g, H = jax.grad(f)(w), jax.hessian(f)(w)
+            step = jnp.where(saddle_free, critical.saddle_free_newton_direction(H, g, damping=sfn_damping),
+                             critical.damped_newton_direction(H, g, 0.0))
+            return w - step, f(w)
+
+        w, losses = lax.scan(gd if saddle_free is None else newton, w0, None, length=num)
+        return w, jnp.concatenate([losses, f(w)[None]])
+
+    if not second_order:
+        return path(flat0)
+    return jax.vmap(path, in_axes=(None, 0))(flat0, jnp.asarray([False, True]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,33 +335,33 @@ def _run(config: Config):
 
     # ---- 3b. the toy loss at an indefinite point
     wt = jnp.asarray(config.toy_point, jnp.float64)
-    Ht, gt = np.asarray(_toy_hessian(wt)), np.asarray(jax.grad(tiny_example.loss)(wt))
+    Ht, gt = np.asarray(_toy_hessian(wt)), np.asarray(_toy_grad(wt))
     toy = eigen_steps(Ht, gt, gd_step=0.1)
 
     # ---- 3c. the small network's saddle
     xj, dj = jnp.asarray(x), jnp.asarray(d)
-    saddle = _net_saddle_params(config)
-    loss_fn = functools.partial(net_loss, decay=config.net_decay)
+    saddle = _net_saddle_params(config)  # numpy leaves: host arithmetic on them compiles nothing
+    loss_fn = _net_loss_fn(config.net_decay)
     found = critical.find_critical_point(
         loss_fn, jax.tree_util.tree_map(lambda a: a + 1e-3, saddle), xj, dj, max_iter=50)
     Hs = np.asarray(analysis.hessian(loss_fn, saddle, xj, dj))
     lam_s = spectrum.eigenvalues(Hs)
-    kind = critical.classify(lam_s, grad_norm=float(jnp.linalg.norm(
-        ravel_pytree(jax.grad(loss_fn)(saddle, xj, dj))[0])))
-    flat_s, _ = ravel_pytree(saddle)
-    direction = jax.random.normal(jax.random.PRNGKey(config.seed + 1), flat_s.shape, jnp.float64)
-    start = flat_s + config.perturb * direction / jnp.linalg.norm(direction)
-    unravel = ravel_pytree(saddle)[1]
-    g_start = np.asarray(ravel_pytree(jax.grad(loss_fn)(unravel(start), xj, dj))[0])
+    flat_s, unravel = ravel_pytree(saddle)
+    flat_s = np.asarray(flat_s)
+    saddle_loss, g_saddle = _net_value_and_grad(flat_s, saddle, xj, dj, config.net_decay)
+    saddle_loss = float(saddle_loss)
+    kind = critical.classify(lam_s, grad_norm=float(np.linalg.norm(np.asarray(g_saddle))))
+    direction = np.asarray(jax.random.normal(jax.random.PRNGKey(config.seed + 1), flat_s.shape, jnp.float64))
+    start = flat_s + config.perturb * direction / np.linalg.norm(direction)
+    g_start = np.asarray(_net_value_and_grad(start, saddle, xj, dj, config.net_decay)[1])
     H_start = np.asarray(analysis.hessian(loss_fn, unravel(start), xj, dj))
     net = eigen_steps(H_start, g_start, gd_step=config.gd_lr, sfn_damping=config.sfn_damping)
-    runs = {}
-    for method in ("newton", "saddle_free", "gd"):
-        num = config.newton_iters if method != "gd" else 10 * config.newton_iters
-        w_end, losses = _second_order_path(start, saddle, xj, dj, config.net_decay, config.sfn_damping,
-                                           config.gd_lr, method=method, num=num)
-        runs[method] = {"loss": np.asarray(losses), "end_distance": float(jnp.linalg.norm(w_end - flat_s))}
-    saddle_loss = float(loss_fn(saddle, xj, dj))
+    args = (start, saddle, xj, dj, config.net_decay, config.sfn_damping, config.gd_lr)
+    w_end, losses = map(np.asarray, _net_paths(*args, second_order=True, num=config.newton_iters))
+    runs = {method: {"loss": losses[i], "end_distance": float(np.linalg.norm(w_end[i] - flat_s))}
+            for i, method in enumerate(SECOND_ORDER)}
+    w_end, losses = map(np.asarray, _net_paths(*args, second_order=False, num=10 * config.newton_iters))
+    runs["gd"] = {"loss": losses, "end_distance": float(np.linalg.norm(w_end - flat_s))}
 
     results = {
         "lecun": {

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from threadpoolctl import threadpool_limits
 
 from analysis import critical, spectrum
 from experiments import hessian_spectrum as hs
@@ -15,7 +16,11 @@ CFG = hs.QUICK
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hessian_spectrum")
-    payload = hs.main(CFG, out)
+    # One BLAS thread: the default run puts an xdist worker on every core, where OpenBLAS's threads spin
+    # waiting for busy cores, and the six eigendecompositions of 500-1000-wide Hessians then cost 10-30 times
+    # the CPU time that one thread takes.
+    with threadpool_limits(limits=1, user_api="blas"):
+        payload = hs.main(CFG, out)
     return payload, json.loads((out / "hessian_spectrum.json").read_text()), out
 
 
@@ -85,8 +90,8 @@ def test_saved_spectra_are_consistent(run):
             assert np.all(a[pd] < 90) and a[-1] < 10  # positive definite: descent; mu -> inf: the gradient
 
 
-# Each variant compiles two Hessian programs (~10 s each on a loaded 2-core machine): the normalised ones are
-# kept out of the default run.
+# Each variant compiles two Hessian programs of its own (hs.hessian_at's and the reference): the normalised
+# ones are kept out of the default run.
 _SLOW = pytest.mark.slow
 
 
@@ -94,8 +99,8 @@ _SLOW = pytest.mark.slow
 def test_hessian_against_jax_hessian_and_eigh(variant):
     key = jax.random.PRNGKey(3)
     params, state = hs.init_variant(variant, key, [5, 4, 3, 3])
-    x = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (40, 5)))
-    y = np.asarray(jax.random.randint(jax.random.fold_in(key, 2), (40,), 0, 3))
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(size=(40, 5)), rng.integers(0, 3, size=40)
     if variant == "transform":  # non-zero shortcuts, slopes and offsets, so every block is exercised
         from fflab import norm
 
@@ -110,17 +115,19 @@ def test_hessian_against_jax_hessian_and_eigh(variant):
             xj, yj = jnp.asarray(x, jnp.float64), jnp.asarray(y)
             return hs.hessian_loss(unravel(w), s64, xj, yj, variant=variant)
 
-        H_ref = np.asarray(jax.hessian(f)(flat))
-        g_ref = np.asarray(jax.grad(f)(flat))
+        # jax.hessian, jax.grad and the loss itself as the reference, compiled as one program (run op by op
+        # they compiled each operation apart, several times the cost of the whole check).
+        reference = jax.jit(lambda w: (f(w), jax.grad(f)(w), jax.hessian(f)(w)))
+        loss_ref, g_ref, H_ref = map(np.asarray, reference(flat))
         np.testing.assert_allclose(H, H_ref, atol=1e-12)
         np.testing.assert_allclose(g, g_ref, atol=1e-12)
-        assert loss == pytest.approx(float(f(flat)), rel=1e-12)
+        assert loss == pytest.approx(float(loss_ref), rel=1e-12)
         eigs, U = np.linalg.eigh(H_ref)
         np.testing.assert_allclose(spectrum.eigenvalues(H), eigs, atol=1e-12)
         mus = np.geomspace(1e-3, 1e2, 9)
         mine = hs.newton_angles(eigs, U.T @ g_ref, mus)
-        np.testing.assert_allclose(mine, np.asarray(critical.gradient_newton_angles(H_ref, g_ref, mus)),
-                                   atol=1e-7)
+        angles_ref = jax.jit(critical.gradient_newton_angles)(H_ref, g_ref, mus)
+        np.testing.assert_allclose(mine, np.asarray(angles_ref), atol=1e-7)
         for mu, angle in zip(mus, mine, strict=True):  # by a linear solve
             d = np.linalg.solve(H_ref + mu * np.eye(len(g_ref)), g_ref)
             cos = d @ g_ref / np.linalg.norm(d) / np.linalg.norm(g_ref)

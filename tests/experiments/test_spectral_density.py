@@ -2,9 +2,9 @@ import functools
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from analysis import spectrum
 from experiments import spectral_density as sd
@@ -14,7 +14,11 @@ from fflab import losses, mlp
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("spectral_density")
-    payload = sd.main(sd.QUICK, out)
+    # One BLAS thread: the default run puts an xdist worker on every core, where OpenBLAS's threads spin
+    # waiting for busy cores, and the dense check's eigendecomposition of a 1,210-wide Hessian then costs
+    # 10-40 times the CPU time that one thread takes.
+    with threadpool_limits(limits=1, user_api="blas"):
+        payload = sd.main(sd.QUICK, out)
     return payload, json.loads((out / "spectral_density.json").read_text()), out
 
 
@@ -77,13 +81,12 @@ def test_settings(run):
 
 
 def _tiny_problem():
-    key = jax.random.key(3)
-    k1, k2, k3 = jax.random.split(key, 3)
-    params = mlp.init(k1, [5, 7, 4], dtype=jnp.float64)
-    params = [dict(layer, b=0.1 * jax.random.normal(k, layer["b"].shape, jnp.float64))
-              for layer, k in zip(params, (k2, k3), strict=True)]
-    x = jax.random.normal(jax.random.key(4), (40, 5), jnp.float64)
-    y = jnp.arange(40) % 4
+    # Drawn by numpy: jax.random would compile a program for every shape drawn.
+    rng = np.random.default_rng(3)
+    params = [{"W": rng.normal(size=(n_in, n_out)) * np.sqrt(2 / n_in), "b": 0.1 * rng.normal(size=n_out)}
+              for n_in, n_out in ((5, 7), (7, 4))]
+    x = rng.normal(size=(40, 5))
+    y = np.arange(40) % 4
     return params, x, y
 
 
@@ -93,8 +96,9 @@ def test_class_mean_gram_against_explicit_jacobians():
         f = sd.logits_fn("plain", "relu")
         gram, rows = sd.class_mean_gram(f, params, x, y, 4)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        J = np.asarray(jax.jacobian(lambda v: f(unravel(v), x))(flat))  # (n, C, P)
-        p = np.asarray(jax.nn.softmax(f(params, x)))
+        # The reference as one compiled program: run op by op, jax.jacobian compiled each operation apart.
+        J, p = map(np.asarray, jax.jit(lambda v: (jax.jacobian(lambda w: f(unravel(w), x))(v),
+                                                  jax.nn.softmax(f(unravel(v), x))))(flat))  # J: (n, C, P)
         y_np = np.asarray(y)
         G_class = np.zeros((flat.size, flat.size))
         for c in range(4):
