@@ -12,21 +12,6 @@ from analysis import krylov
 from tests.analysis import _models as M
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """Run numpy's and jax's LAPACK on one OpenBLAS thread in this module.
-
-    The digits oracle is a 2,780 x 2,780 ``eigvalsh``: with two OpenBLAS threads on two busy cores it
-    spin-waits, at three to four times the CPU time (and wall time) of one thread. jax's CPU LAPACK
-    kernels use scipy's OpenBLAS, which loads lazily: import it first so that the limit reaches it too.
-    """
-    import scipy.linalg  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def dense_operator(A):
     """``v -> A v`` with ``A`` an argument of the compiled program (a pytree leaf), not a constant."""
     return Partial(jnp.matmul, jnp.asarray(A)), A.shape[0]

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from threadpoolctl import threadpool_limits
 
 from analysis import critical, spectrum
 from experiments import hessian_spectrum as hs
@@ -16,11 +15,7 @@ CFG = hs.QUICK
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hessian_spectrum")
-    # One BLAS thread: the default run puts an xdist worker on every core, where OpenBLAS's threads spin
-    # waiting for busy cores, and the six eigendecompositions of 500-1000-wide Hessians then cost 10-30 times
-    # the CPU time that one thread takes.
-    with threadpool_limits(limits=1, user_api="blas"):
-        payload = hs.main(CFG, out)
+    payload = hs.main(CFG, out)  # on one BLAS thread (tests/conftest.py)
     return payload, json.loads((out / "hessian_spectrum.json").read_text()), out
 
 

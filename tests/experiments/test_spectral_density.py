@@ -4,7 +4,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from analysis import spectrum
 from experiments import spectral_density as sd
@@ -14,11 +13,7 @@ from fflab import losses, mlp
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("spectral_density")
-    # One BLAS thread: the default run puts an xdist worker on every core, where OpenBLAS's threads spin
-    # waiting for busy cores, and the dense check's eigendecomposition of a 1,210-wide Hessian then costs
-    # 10-40 times the CPU time that one thread takes.
-    with threadpool_limits(limits=1, user_api="blas"):
-        payload = sd.main(sd.QUICK, out)
+    payload = sd.main(sd.QUICK, out)  # on one BLAS thread (tests/conftest.py)
     return payload, json.loads((out / "spectral_density.json").read_text()), out
 
 
