@@ -166,6 +166,20 @@ def _descend(params, key, x, y, weight_decay, lr, noise, *, steps):
     return jnp.concatenate([fun(flat0)[None], path]), unravel(f)
 
 
+@jax.jit
+def _losses(params, x, y, weight_decay):
+    """:func:`_loss` at each of a ``(starts, points)`` batch of parameters (leading axes of every leaf).
+
+    One compiled program: called eagerly, ``_loss`` would compile each of its operations on first use.
+    """
+    return jax.vmap(jax.vmap(lambda p: _loss(p, x, y, weight_decay)))(params)
+
+
+def _flat(params) -> np.ndarray:
+    """The parameters as one numpy vector in ``ravel_pytree`` order (on the host: nothing to compile)."""
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree.leaves(params)])
+
+
 def record_steps(steps: int, records: int) -> tuple[int, ...]:
     """Up to ``records`` distinct steps in ``[0, steps)``: 0 (the random start), then geometrically spaced
     from step 10 (the loss changes fastest early; the first few steps all lead to the same saddle)."""
@@ -238,22 +252,26 @@ def _escape(saddle: dict, args, config: Config, key) -> dict:
     # Polish to float64's default tolerance so the exact gradient left at the start is as small as it gets.
     polished = analysis.critical.find_critical_point(_loss, saddle["params"], *args, method="newton",
                                                      max_iter=config.max_iter)
-    start = polished.params if polished.grad_norm < saddle["grad_norm"] else saddle["params"]
-    g0 = float(jnp.linalg.norm(ravel_pytree(jax.grad(_loss)(start, *args))[0]))
+    if polished.grad_norm < saddle["grad_norm"]:
+        start, g0 = polished.params, polished.grad_norm
+    else:
+        start, g0 = saddle["params"], saddle["grad_norm"]
     steps = min(escape_steps(saddle["lambda_min"], config), config.escape_max_steps)
-    noise = jnp.asarray([0.0] + [config.noise] * config.noise_seeds, jnp.float64)
-    keys = jax.random.split(key, noise.shape[0])
-    descend = functools.partial(_descend, steps=steps)
-    curves, ends = jax.vmap(descend, in_axes=(None, 0, None, None, None, None, 0))(
-        start, keys, *args, jnp.asarray(config.escape_lr, jnp.float64), noise)
-    flat0 = ravel_pytree(start)[0]
-    dist = np.asarray(jax.vmap(lambda p: jnp.linalg.norm(ravel_pytree(p)[0] - flat0))(ends))
-    curves = np.asarray(curves)
+    noise = [0.0] + [config.noise] * config.noise_seeds
+    keys = jax.random.split(key, len(noise))
+    # One run at a time through the same compiled _descend (a vmapped batch would be a second, larger
+    # program to compile for a few milliseconds of work).
+    lr = np.float64(config.escape_lr)
+    runs = [_descend(start, k, *args, lr, np.float64(sigma), steps=steps)
+            for k, sigma in zip(keys, noise, strict=True)]
+    curves = np.stack([np.asarray(curve) for curve, _ in runs])
+    flat0 = _flat(start)
+    dist = np.array([np.linalg.norm(_flat(end) - flat0) for _, end in runs])
     plain, noisy = curves[0], curves[1:]
     return {
         "saddle_loss": float(plain[0]), "saddle_index": saddle["index"],
         "saddle_n_negative": saddle["n_negative"], "saddle_lambda_min": saddle["lambda_min"],
-        "start_params": ravel_pytree(start)[0], "start_grad_norm": g0, "steps": steps,
+        "start_params": flat0, "start_grad_norm": g0, "steps": steps,
         "efolds": -saddle["lambda_min"] * config.escape_lr * steps,
         "plain_curve": plain, "noisy_curves": noisy,
         "plain_final": float(plain[-1]), "noisy_final": noisy[:, -1],
@@ -283,30 +301,35 @@ def _run(config: Config):
     args = (x, y, wd)
     key_init, key_sgd, key_escape = jax.random.split(jax.random.key(config.seed), 3)
     sizes = [config.dim, config.hidden, config.num_classes]
-    starts = jax.vmap(lambda k: mlp.init(k, sizes, init="glorot", scale=config.init_scale,
-                                         dtype=jnp.float64))(jax.random.split(key_init, config.trajectories))
+    # One start per key, stacked on the host: the same numbers as vmapping mlp.init, which would compile
+    # every operation of the initialiser again in batched form.
+    starts = jax.tree.map(lambda *leaves: np.stack(leaves), *[
+        mlp.init(k, sizes, init="glorot", scale=config.init_scale, dtype=jnp.float64)
+        for k in jax.random.split(key_init, config.trajectories)])
     record = record_steps(config.sgd_steps, config.records)
     paths, ends = _sgd_paths(starts, jax.random.split(key_sgd, config.trajectories), x, y, wd,
                              jnp.asarray(config.sgd_lr, jnp.float64), steps=config.sgd_steps, record=record,
                              batch_size=config.batch_size)
     trained = _lbfgs(ends, x, y, wd, steps=config.lbfgs_steps)
-    path_losses = np.asarray(jax.vmap(jax.vmap(lambda p: _loss(p, *args)))(paths))
+    # Every start on the host, the trained end after the path points: indexing numpy costs no compilation.
+    seeds = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)[:, None]], axis=1),
+                         paths, trained)
+    seed_losses = np.asarray(_losses(seeds, *args))
 
-    def take(tree, *i):
-        return jax.tree.map(lambda a: a[i], tree)
+    def take(t, r):
+        return jax.tree.map(lambda a: a[t, r], seeds)
 
     found = []
     bar = tqdm(total=config.trajectories * (len(record) + 1), desc="critical points", disable=None)
     for t in range(config.trajectories):  # Dauphin et al.: the root finder from points along SGD
         for r, step in enumerate(record):
-            res = _find(take(paths, t, r), args, config, config.method)
-            found.append(_describe(res, "sgd path", float(path_losses[t, r]), step, args, config.grad_tol))
+            res = _find(take(t, r), args, config, config.method)
+            found.append(_describe(res, "sgd path", float(seed_losses[t, r]), step, args, config.grad_tol))
             bar.update()
     for t in range(config.trajectories):  # the trained minima, polished by Newton's method
-        p = take(trained, t)
-        res = _find(p, args, config, "newton")
-        start_loss = float(_loss(p, *args))
-        found.append(_describe(res, "trained", start_loss, config.sgd_steps, args, config.grad_tol))
+        res = _find(take(t, len(record)), args, config, "newton")
+        found.append(_describe(res, "trained", float(seed_losses[t, -1]), config.sgd_steps, args,
+                               config.grad_tol))
         bar.update()
     bar.close()
 
@@ -375,7 +398,7 @@ def _run(config: Config):
         "minima_losses": np.sort(minima),
         # Flat parameters (ravel_pytree order) let anyone recheck a point's gradient and Hessian.
         "points": [{**{k: v for k, v in p.items() if k not in ("eigs", "params")},
-                    "flat_params": ravel_pytree(p["params"])[0]} for p in points],
+                    "flat_params": _flat(p["params"])} for p in points],
         "unconverged": [{"grad_norm": p["grad_norm"], "start_loss": p["start_loss"], "origin": p["origin"]}
                         for p in found if not p["converged"]],
         "spectra": spectra,
