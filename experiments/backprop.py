@@ -63,8 +63,8 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(check_batch=5, fd_coords=30, depths=(1, 2, 3, 5, 8), timing_depths=tuple(range(1, 8)),
-               repeats=3)
+# Every timing depth compiles its own reverse pass; four points show the path sum's exponential growth.
+QUICK = Config(check_batch=5, fd_coords=30, depths=(1, 2, 3, 5, 8), timing_depths=(1, 3, 5, 7), repeats=3)
 FULL = Config()
 
 
@@ -182,9 +182,9 @@ def backprop_macs(sizes: Sequence[int], batch: int) -> int:
     return int(batch) * (3 * sum(pairs) - pairs[0])
 
 
-def _relative_error(got, want) -> float:
-    got, want = ravel_pytree(got)[0], ravel_pytree(want)[0]
-    return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+def _flat(tree) -> np.ndarray:
+    """The leaves of ``tree`` flattened on the host, in :func:`jax.flatten_util.ravel_pytree`'s order."""
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(tree)])
 
 
 def _random_net(rng: np.random.Generator, sizes) -> list[dict]:
@@ -194,50 +194,104 @@ def _random_net(rng: np.random.Generator, sizes) -> list[dict]:
             for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
 
 
-def _finite_differences(loss_fn, params, coords) -> np.ndarray:
-    """Central differences along the given coordinates of the flattened parameters (float64)."""
-    flat, unravel = ravel_pytree(params)
+def _fd_steps(params, coords) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference steps along the given coordinates of the flattened parameters (float64).
+
+    Returns:
+        ``(eps, points)``: the step of each coordinate and the ``2 * len(coords)`` flattened parameter
+        vectors ``flat + steps`` then ``flat - steps`` at which to evaluate the loss.
+    """
+    flat = _flat(params)
     # The central-difference optimum cbrt(machine eps), scaled with the parameter.
-    eps = np.cbrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(np.asarray(flat)[coords]))
-    steps = jnp.zeros((len(coords), flat.size)).at[np.arange(len(coords)), coords].set(eps)
-    values = jax.jit(jax.vmap(lambda f: loss_fn(unravel(f))))(jnp.concatenate([flat + steps, flat - steps]))
-    up, down = np.split(np.asarray(values), 2)
-    return (up - down) / (2 * eps)
+    eps = np.cbrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(flat[coords]))
+    steps = np.zeros((len(coords), flat.size))
+    steps[np.arange(len(coords)), coords] = eps
+    return eps, np.concatenate([flat + steps, flat - steps])
+
+
+def _check_values(inputs: dict) -> dict:
+    """Everything :func:`_checks` compares, for every activation, computed in one jitted call.
+
+    Args:
+        inputs: ``{activation: (params, x, y, fd_points, net, x1)}``.
+
+    Returns:
+        ``{activation: {"mine", "jax_grad", "fd_values", "jax_jacobian", "backprop_jacobian"}}``: the
+        hand-written gradient, ``jax.grad``, the loss at the finite-difference points, ``jax.jacobian`` and
+        the backprop Jacobian. One program for all of it, not five per activation: compiling, not computing,
+        is what these tiny nets cost.
+    """
+    out = {}
+    for activation, (params, x, y, fd_points, net, x1) in inputs.items():
+        unravel = ravel_pytree(params)[1]
+
+        def loss(p, x=x, y=y, activation=activation):
+            return losses.cross_entropy(mlp.apply(p, x, activation=activation), y)
+
+        apply = functools.partial(mlp.apply, activation=activation)
+        out[activation] = {
+            "mine": grad(params, x, y, activation=activation),
+            "jax_grad": jax.grad(loss)(params),
+            "fd_values": jax.vmap(lambda f, loss=loss, unravel=unravel: loss(unravel(f)))(fd_points),
+            "jax_jacobian": jax.jacobian(apply, argnums=1)(net, x1),
+            "backprop_jacobian": backprop_jacobian(net, x1, activation=activation),
+        }
+    return out
+
+
+def _max_relative_error(got, want) -> float:
+    """``max |got - want| / max |want|`` on the host (float64)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 def _checks(config: Config) -> tuple[dict, dict]:
     rng = np.random.default_rng(config.seed)
-    grads, jacobians = {}, {}
+    inputs, fd = {}, {}
     with jax.enable_x64(True):  # precision is the point of these comparisons
         for activation in config.activations:
             params = _random_net(rng, config.check_sizes)
             x = jnp.asarray(rng.standard_normal((config.check_batch, config.check_sizes[0])))
             y = jnp.asarray(rng.integers(0, config.check_sizes[-1], config.check_batch))
-
-            def loss(p, x=x, y=y, activation=activation):
-                return losses.cross_entropy(mlp.apply(p, x, activation=activation), y)
-
-            mine = jax.jit(functools.partial(grad, activation=activation))(params, x, y)
-            flat_mine = np.asarray(ravel_pytree(mine)[0])
-            coords = rng.choice(flat_mine.size, config.fd_coords, replace=False)
-            fd = _finite_differences(loss, params, coords)
-            grads[activation] = {
-                "vs_jax_grad": _relative_error(mine, jax.jit(jax.grad(loss))(params)),
-                "vs_finite_differences": float(np.max(np.abs(flat_mine[coords] - fd)) / np.max(np.abs(fd))),
-            }
+            num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+            coords = rng.choice(num_params, config.fd_coords, replace=False)
+            eps, fd_points = _fd_steps(params, coords)
             net = _random_net(rng, config.path_sizes)
             x1 = jnp.asarray(rng.standard_normal(config.path_sizes[0]))
+            inputs[activation] = (params, x, y, fd_points, net, x1)
+            fd[activation] = (coords, eps)
+        out = jax.jit(_check_values)(inputs)
+        grads, jacobians = {}, {}
+        for activation, (_, _, _, _, net, x1) in inputs.items():
+            o = out[activation]
+            coords, eps = fd[activation]
+            flat_mine = _flat(o["mine"])
+            up, down = np.split(np.asarray(o["fd_values"]), 2)
+            fd_grad = (up - down) / (2 * eps)
+            grads[activation] = {
+                "vs_jax_grad": _max_relative_error(flat_mine, _flat(o["jax_grad"])),
+                "vs_finite_differences": float(np.max(np.abs(flat_mine[coords] - fd_grad))
+                                               / np.max(np.abs(fd_grad))),
+            }
             paths_jac, paths = path_sum_jacobian(net, x1, activation=activation)
-            apply = functools.partial(mlp.apply, activation=activation)
-            want = np.asarray(jax.jit(jax.jacobian(apply, argnums=1))(net, x1))
-            by_backprop = jax.jit(functools.partial(backprop_jacobian, activation=activation))(net, x1)
+            want = np.asarray(o["jax_jacobian"])
             jacobians[activation] = {
                 "paths_enumerated": paths,
-                "path_sum_vs_jax_jacobian": float(np.max(np.abs(paths_jac - want)) / np.max(np.abs(want))),
-                "backprop_vs_jax_jacobian": float(np.max(np.abs(np.asarray(by_backprop) - want))
-                                                  / np.max(np.abs(want))),
+                "path_sum_vs_jax_jacobian": _max_relative_error(paths_jac, want),
+                "backprop_vs_jax_jacobian": _max_relative_error(o["backprop_jacobian"], want),
             }
     return grads, jacobians
+
+
+def _glorot_relu_net(rng: np.random.Generator, sizes, dtype) -> list[dict]:
+    """Weights of :func:`fflab.mlp.init`'s default scheme (``glorot_relu``, zero biases), drawn with numpy.
+
+    The cost and timing nets only need the right shapes and a realistic scale: drawing them with
+    ``jax.random`` would compile one sampler per layer shape, which costs more than everything they time.
+    """
+    return [{"W": jnp.asarray(rng.standard_normal((a, b)) * math.sqrt(4.0 / (a + b)), dtype),
+             "b": jnp.asarray(np.zeros(b), dtype)}
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
@@ -258,14 +312,14 @@ def _xla_flops(compiled) -> float:
 
 
 def _costs_against_depth(config: Config) -> dict:
-    key = jax.random.key(config.seed + 1)
+    rng = np.random.default_rng(config.seed + 1)
+    dtype = jnp.zeros(()).dtype
     rows = {"depth": [], "log10_paths": [], "paths_ratio": [], "backprop_macs": [], "xla_flops": [],
             "backprop_seconds": []}
     for depth in config.depths:
         sizes = [config.n_in, *([config.width] * depth), config.n_out]
-        k_net, k_x = jax.random.split(jax.random.fold_in(key, depth))
-        params = mlp.init(k_net, sizes)
-        x = jax.random.normal(k_x, (config.count_batch, config.n_in))
+        params = _glorot_relu_net(rng, sizes, dtype)
+        x = jnp.asarray(rng.standard_normal((config.count_batch, config.n_in)), dtype)
         y = jnp.arange(config.count_batch) % config.n_out
         compiled = jax.jit(lambda p, x, y: grad(p, x, y, activation="relu")).lower(params, x, y).compile()
         paths = count_paths(sizes)
@@ -280,13 +334,14 @@ def _costs_against_depth(config: Config) -> dict:
 
 def _timing_paths_vs_backprop(config: Config) -> dict:
     """Wall time of the path-sum Jacobian (numpy) and the backprop Jacobian (jitted) of one small input."""
-    key = jax.random.key(config.seed + 2)
+    rng = np.random.default_rng(config.seed + 2)
+    dtype = jnp.zeros(()).dtype
     rows = {"depth": [], "paths": [], "path_sum_seconds": [], "backprop_seconds": []}
     w = config.timing_width
     for depth in config.timing_depths:
         sizes = [w, *([w] * depth), 2]
-        params = mlp.init(jax.random.fold_in(key, depth), sizes)
-        x = jnp.ones((w,))
+        params = _glorot_relu_net(rng, sizes, dtype)
+        x = jnp.ones((w,), dtype)
         jac = jax.jit(lambda p, v: backprop_jacobian(p, v, activation="relu"))
         rows["depth"].append(depth)
         rows["paths"].append(count_paths(sizes))

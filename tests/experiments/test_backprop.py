@@ -1,3 +1,4 @@
+import functools
 import json
 import math
 
@@ -33,17 +34,28 @@ def test_quick_config_claims_hold(tmp_path):
     assert np.all(np.diff(costs["backprop_macs"]) == per_layer * np.diff(costs["depth"]))
 
 
+@functools.cache
+def _both_grads(activation):
+    """``bp.grad`` and ``jax.grad`` of the same loss, jitted together: one compilation per activation and
+    dtype (run eagerly, every primitive of both passes compiles on its own, several times the cost)."""
+
+    @jax.jit
+    def both(params, x, y):
+        def loss(p):
+            return losses.cross_entropy(mlp.apply(p, x, activation=activation), y)
+
+        return bp.grad(params, x, y, activation=activation), jax.grad(loss)(params)
+
+    return both
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
 def test_hand_written_backprop_equals_jax_grad(activation, seed):
     params, rng = _net(seed, [5, 7, 6, 4])
     x = jnp.asarray(rng.standard_normal((9, 5)))
     y = jnp.asarray(rng.integers(0, 4, 9))
-
-    def loss(p):
-        return losses.cross_entropy(mlp.apply(p, x, activation=activation), y)
-
-    got, want = bp.grad(params, x, y, activation=activation), jax.grad(loss)(params)
+    got, want = _both_grads(activation)(params, x, y)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     np.testing.assert_allclose(ravel_pytree(got)[0], ravel_pytree(want)[0], rtol=1e-10, atol=1e-14)
 
@@ -53,8 +65,7 @@ def test_hand_written_backprop_in_float32():
         params, rng = _net(0, [6, 8, 3], dtype=jnp.float32)
         x = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
         y = jnp.asarray(rng.integers(0, 3, 5))
-        got = bp.grad(params, x, y, activation="tanh")
-        want = jax.grad(lambda p: losses.cross_entropy(mlp.apply(p, x, activation="tanh"), y))(params)
+        got, want = _both_grads("tanh")(params, x, y)
         assert ravel_pytree(got)[0].dtype == jnp.float32
         np.testing.assert_allclose(ravel_pytree(got)[0], ravel_pytree(want)[0], rtol=1e-4, atol=1e-6)
 
@@ -64,12 +75,17 @@ def test_backprop_and_path_sum_jacobians_equal_jax_jacobian(activation):
     sizes = [3, 4, 2, 5, 2]
     params, rng = _net(1, sizes)
     x = jnp.asarray(rng.standard_normal(3))
-    want = jax.jacobian(lambda v: mlp.apply(params, v, activation=activation))(x)
+
+    @jax.jit  # both Jacobians in one compiled call: eagerly, each primitive would compile on its own
+    def jacobians(p, v):
+        apply = functools.partial(mlp.apply, p, activation=activation)
+        return jax.jacobian(apply)(v), bp.backprop_jacobian(p, v, activation=activation)
+
+    want, by_backprop = jacobians(params, x)
     jac, paths = bp.path_sum_jacobian(params, x, activation=activation)
     assert paths == 3 * 4 * 2 * 5 * 2 == bp.count_paths(sizes)
     np.testing.assert_allclose(jac, want, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(bp.backprop_jacobian(params, x, activation=activation), want, rtol=1e-10,
-                               atol=1e-14)
+    np.testing.assert_allclose(by_backprop, want, rtol=1e-10, atol=1e-14)
 
 
 def test_counts_by_hand():
