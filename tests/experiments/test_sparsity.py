@@ -1,12 +1,12 @@
 import dataclasses
 import json
 
-import jax
 import numpy as np
+import pytest
 from scipy import stats
 
 from experiments import mnist_mlp, sparsity
-from fflab import data, mlp, train
+from fflab import data, train
 
 
 def _numpy_hidden(params, x):
@@ -17,10 +17,19 @@ def _numpy_hidden(params, x):
     return out
 
 
-def test_quick_config_claims(tmp_path):
-    mnist_mlp.main(mnist_mlp.QUICK, tmp_path)  # the network the histogram reuses
-    payload = sparsity.main(sparsity.QUICK, tmp_path)
-    saved = json.loads((tmp_path / "sparsity.json").read_text())
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparsity")
+    # The network the histogram reuses, trained and saved as mnist_mlp.main does; its figures and filter
+    # analysis (seconds of plotting) are test_mnist_mlp's business.
+    _, fit = mnist_mlp.train_network(mnist_mlp.QUICK, progress=False)
+    mnist_mlp.save_params(out / mnist_mlp.PARAMS_FILE, fit.state.params, mnist_mlp.QUICK)
+    payload = sparsity.main(sparsity.QUICK, out)
+    return payload, json.loads((out / "sparsity.json").read_text()), out
+
+
+def test_quick_config_claims(run):
+    payload, saved, tmp_path = run
     assert (tmp_path / "sparsity.png").stat().st_size > 10_000
     r = saved["results"]
     assert r["params_source"].startswith("reused")
@@ -55,12 +64,17 @@ def test_quick_config_claims(tmp_path):
     assert c_dead["holds"] and c_grow["holds"], payload["claims"]
 
 
-def test_vmapped_sweep_matches_a_plain_fit():
-    """lr_sweep runs all step sizes in one vmapped program; one of its runs must equal train.fit's."""
+def test_vmapped_sweep_matches_a_plain_fit(run):
+    """lr_sweep runs all step sizes in one vmapped program; one of its runs must equal train.fit's.
+
+    The sweep is the QUICK run's (18 lanes), so this costs one plain fit, not a second compiled sweep.
+    """
+    _, saved, _ = run
+    sweep = {k: np.asarray(v) for k, v in saved["results"]["sweep"].items()}
     net = mnist_mlp.QUICK
     ds = data.load("digits")
-    lr, seed, epochs = 0.3, 1, 2
-    sweep = sparsity.lr_sweep(net, ds, (0.05, lr), (0, seed), epochs)
+    lr, seed, epochs = 0.3, 1, sparsity.QUICK.sweep_epochs
+    assert lr in sparsity.QUICK.learning_rates and seed in sparsity.QUICK.seeds
     i = list(zip(sweep["learning_rate"], sweep["seed"], strict=True)).index((lr, seed))
     cfg = dataclasses.replace(net, seed=seed)
     params, key = mnist_mlp.initial_params(cfg, ds)
@@ -68,9 +82,9 @@ def test_vmapped_sweep_matches_a_plain_fit():
     fit = train.fit(train.init_state(params, opt, key), opt, (ds.x_train, ds.y_train), epochs=epochs,
                     batch_size=net.batch_size, test=(ds.x_test, ds.y_test), progress=False)
     np.testing.assert_allclose(sweep["test_error"][i], fit.history["test_error"][-1], atol=1e-9)
-    hidden = mlp.apply(fit.state.params, jax.numpy.asarray(ds.x_train), return_hidden=True)[1]
-    assert list(sweep["dead_train"][i]) == [int(((np.asarray(h) > 0).sum(axis=0) == 0).sum()) for h in hidden]
-    assert not sweep["diverged"].any()
+    hidden = _numpy_hidden(fit.state.params, ds.x_train)
+    assert list(sweep["dead_train"][i]) == [int(((h > 0).sum(axis=0) == 0).sum()) for h in hidden]
+    assert not sweep["diverged"][i]
 
 
 def test_spearman_handles_ties():
