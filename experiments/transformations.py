@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import spectrum
 from experiments import _common
-from experiments.batchnorm import _lane, _norm_arg, init_net, lr_lanes
+from experiments.batchnorm import _norm_arg, init_net, lr_lanes
 from fflab import data, losses, mlp, norm, train
 
 NAME = "transformations"
@@ -65,7 +65,7 @@ class Config:
     batch_size: int = 60
     train_samples: int = 0  # 0: the whole training set
     learning_rates: tuple = (0.25, 1.0, 4.0)
-    epochs: int = 20
+    epochs: int = 5
     # The Hessian comparison: a small net, trained plainly for a few epochs, on a subset of the data.
     hessian_pool: int = 2  # inputs average-pooled by this factor: 8x8 digits -> 4x4
     hessian_hidden: tuple = (8, 8)
@@ -75,7 +75,10 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config()
+# Digits, in seconds: compiling the three nets' epochs is most of the cost, so two hidden layers and 5 epochs
+# (115 steps). The plain net's best mean batch loss is then still 1.3 to 1.7 (seeds 0-2, float32 and
+# float64), the transformed and batch-normalised nets' below 0.17.
+QUICK = Config(hidden=(100, 100))
 FULL = Config(dataset="fashion-mnist", learning_rates=(0.015625, 0.0625, 0.25, 1.0, 4.0), epochs=10,
               hessian_pool=4, hessian_hidden=(12, 12), hessian_epochs=10, hessian_samples=2000)
 
@@ -103,9 +106,9 @@ def train_net(config: Config, ds, sizes, dtype, net: str) -> dict:
         finite &= np.all(np.isfinite(loss), axis=1)
         batch_loss[:, e] = loss.mean(axis=1)
         for j in range(k):
-            lane = _lane(states, j)
-            _, err = train.evaluate(lane.params, xt, yt, activation=config.activation, norm=nrm,
-                                    model_state=lane.model_state)
+            lane_params, lane_state = _host_lane(states, j)
+            _, err = train.evaluate(lane_params, xt, yt, activation=config.activation, norm=nrm,
+                                    model_state=lane_state)
             test_error[j, e] = 100.0 * err
     batch_loss[~finite] = np.nan
     test_error[~finite] = np.nan
@@ -120,8 +123,16 @@ def train_net(config: Config, ds, sizes, dtype, net: str) -> dict:
         "best_lr": config.learning_rates[best],
         "steps_per_epoch": n // config.batch_size,
         "seconds": time.perf_counter() - tic,
-        "_state": _lane(states, best),
+        "_state": _host_lane(states, best),
     }
+
+
+def _host_lane(states, i: int):
+    """``(params, model_state)`` of lane ``i`` of the vmapped states, as numpy arrays.
+
+    Indexed on the host: a jitted lane picker compiles one program per net for what is only a copy.
+    """
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[i], (states.params, states.model_state))
 
 
 @functools.cache
@@ -226,11 +237,11 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     sizes = [ds.x_train.shape[1], *config.hidden, ds.num_classes]
     runs = {net: train_net(config, ds, sizes, dtype, net) for net in NETS}
-    t_state = runs["transform"].pop("_state")
+    t_params, t_model_state = runs["transform"].pop("_state")
     for net in ("plain", "batchnorm"):
         runs[net].pop("_state")
     n = config.train_samples or len(ds.x_train)
-    inv = invariance(t_state.params, t_state.model_state, jnp.asarray(ds.x_train[:n], dtype),
+    inv = invariance(t_params, t_model_state, jnp.asarray(ds.x_train[:n], dtype),
                      activation=config.activation)
     hess = hessian_comparison(config, ds, dtype)
 

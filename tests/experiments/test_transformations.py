@@ -13,7 +13,7 @@ from fflab import data, norm, train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("transformations")
-    payload = tr.main(tr.QUICK, out)
+    payload = tr.main(tr.QUICK, out)  # on one BLAS thread (tests/conftest.py)
     return payload, json.loads((out / "transformations.json").read_text()), out
 
 
