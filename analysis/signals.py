@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -210,6 +211,12 @@ def activation_frequency(
         A list of ``L - 1`` arrays, one per hidden layer, of shape ``(n_l,)`` with values in ``[0, 1]``.
     """
     _check(params, x)
+    return _frequencies(params, x, activation, threshold)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _frequencies(params, x, activation, threshold):
+    # One compiled program per activation and shapes; run op by op, every primitive compiled on its own.
     _, post = _forward(params, x, _activation(activation))
     return [jnp.mean((h > threshold).astype(h.dtype), axis=0) for h in post]
 
@@ -224,4 +231,4 @@ def dead_units(params, x, *, activation: str | Callable = "relu", threshold: flo
         Integer counts of shape ``(L - 1,)``.
     """
     freqs = activation_frequency(params, x, activation=activation, threshold=threshold)
-    return np.array([int(jnp.sum(fr == 0)) for fr in freqs], dtype=np.int64)
+    return np.array([int(np.sum(np.asarray(fr) == 0)) for fr in freqs], dtype=np.int64)

@@ -11,7 +11,6 @@ never comes back.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,23 +55,6 @@ def network_config(config: Config) -> mnist_mlp.Config:
     return dataclasses.replace(base, dataset=config.dataset, data_dir=config.data_dir)
 
 
-@functools.cache
-def _frequency_fn(activation: str):
-    """:func:`analysis.signals.activation_frequency`, jitted: one compilation per data shape (eagerly, every
-    primitive of the forward pass compiles on its own, for each shape)."""
-    return jax.jit(functools.partial(signals.activation_frequency, activation=activation))
-
-
-def _frequencies(params, x, *, activation: str) -> list[np.ndarray]:
-    """How often each hidden unit is on over ``x``, per layer, as numpy arrays."""
-    return [np.asarray(f) for f in _frequency_fn(activation)(params, x)]
-
-
-def _dead_units(params, x, *, activation: str) -> np.ndarray:
-    """Units never on over ``x``, per layer, counted as :func:`analysis.signals.dead_units` counts them."""
-    return np.array([int(np.sum(f == 0)) for f in _frequencies(params, x, activation=activation)], np.int64)
-
-
 def lr_sweep(net: mnist_mlp.Config, ds: data.Dataset, learning_rates, seeds, epochs: int) -> dict:
     """Train the network with plain SGD at each constant step size and seed, all runs at once.
 
@@ -107,8 +89,8 @@ def lr_sweep(net: mnist_mlp.Config, ds: data.Dataset, learning_rates, seeds, epo
     host_params = jax.tree_util.tree_map(np.asarray, state.params)
     for i in range(len(runs)):
         params = jax.tree_util.tree_map(lambda a, i=i: a[i], host_params)  # numpy: nothing to compile
-        out["dead_train"].append(_dead_units(params, x, activation=net.activation))
-        out["dead_test"].append(_dead_units(params, x_test, activation=net.activation))
+        out["dead_train"].append(signals.dead_units(params, x, activation=net.activation))
+        out["dead_test"].append(signals.dead_units(params, x_test, activation=net.activation))
         _, err = train.evaluate(params, ds.x_test, ds.y_test, activation=net.activation)
         out["test_error"].append(100.0 * err if finite[i] else float("nan"))
     return {k: np.asarray(v) for k, v in out.items()}
@@ -146,11 +128,11 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     x_train = jnp.asarray(ds.x_train, dtype)
 
     def freqs(p):
-        return _frequencies(p, x_test, activation=net.activation)
+        return [np.asarray(f) for f in signals.activation_frequency(p, x_test, activation=net.activation)]
 
     freq, freq_init = freqs(params), freqs(init_params)
-    dead_test = _dead_units(params, x_test, activation=net.activation)
-    dead_train = _dead_units(params, x_train, activation=net.activation)
+    dead_test = signals.dead_units(params, x_test, activation=net.activation)
+    dead_train = signals.dead_units(params, x_train, activation=net.activation)
     _, test_err = train.evaluate(params, ds.x_test, ds.y_test, activation=net.activation)
 
     sweep = lr_sweep(net, ds, config.learning_rates, config.seeds, config.sweep_epochs)
@@ -195,7 +177,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         "mean_frequency_init": mean_freq_init,
         "dead_test": dead_test,
         "dead_train": dead_train,
-        "dead_init_test": _dead_units(init_params, x_test, activation=net.activation),
+        "dead_init_test": signals.dead_units(init_params, x_test, activation=net.activation),
         "sweep": sweep,
         "sweep_per_lr": per_lr,
         "sweep_spearman": rho,
