@@ -128,6 +128,16 @@ def savefig(fig, out_dir, name: str) -> Path:
     return path
 
 
+def host_flat(tree) -> np.ndarray:
+    """The leaves of ``tree`` as one numpy vector, in :func:`jax.flatten_util.ravel_pytree`'s order.
+
+    On the host: ``ravel_pytree`` on device arrays compiles a concatenation for every new set of shapes.
+    """
+    import jax  # here, not at the top: the command line lists experiments without starting jax
+
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(tree)])
+
+
 def default_out(quick: bool) -> Path:
     """Full runs write the committed ``figures/``; quick runs write ``figures/quick/`` (not committed)."""
     return QUICK_OUT if quick else FIGURES

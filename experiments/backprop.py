@@ -30,7 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments import _common
-from fflab import losses, mlp
+from fflab import init, losses, mlp
 
 NAME = "backprop"
 DESCRIPTION = "Hand-written backprop equals jax.grad; paths grow exponentially with depth, its cost linearly"
@@ -182,11 +182,6 @@ def backprop_macs(sizes: Sequence[int], batch: int) -> int:
     return int(batch) * (3 * sum(pairs) - pairs[0])
 
 
-def _flat(tree) -> np.ndarray:
-    """The leaves of ``tree`` flattened on the host, in :func:`jax.flatten_util.ravel_pytree`'s order."""
-    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(tree)])
-
-
 def _random_net(rng: np.random.Generator, sizes) -> list[dict]:
     """Glorot-scaled float64 weights and non-zero biases (so bias gradients are tested too), from numpy."""
     return [{"W": jnp.asarray(rng.standard_normal((a, b)) * np.sqrt(2 / (a + b))),
@@ -201,7 +196,7 @@ def _fd_steps(params, coords) -> tuple[np.ndarray, np.ndarray]:
         ``(eps, points)``: the step of each coordinate and the ``2 * len(coords)`` flattened parameter
         vectors ``flat + steps`` then ``flat - steps`` at which to evaluate the loss.
     """
-    flat = _flat(params)
+    flat = _common.host_flat(params)
     # The central-difference optimum cbrt(machine eps), scaled with the parameter.
     eps = np.cbrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(flat[coords]))
     steps = np.zeros((len(coords), flat.size))
@@ -265,11 +260,11 @@ def _checks(config: Config) -> tuple[dict, dict]:
         for activation, (_, _, _, _, net, x1) in inputs.items():
             o = out[activation]
             coords, eps = fd[activation]
-            flat_mine = _flat(o["mine"])
+            flat_mine = _common.host_flat(o["mine"])
             up, down = np.split(np.asarray(o["fd_values"]), 2)
             fd_grad = (up - down) / (2 * eps)
             grads[activation] = {
-                "vs_jax_grad": _max_relative_error(flat_mine, _flat(o["jax_grad"])),
+                "vs_jax_grad": _max_relative_error(flat_mine, _common.host_flat(o["jax_grad"])),
                 "vs_finite_differences": float(np.max(np.abs(flat_mine[coords] - fd_grad))
                                                / np.max(np.abs(fd_grad))),
             }
@@ -289,7 +284,7 @@ def _glorot_relu_net(rng: np.random.Generator, sizes, dtype) -> list[dict]:
     The cost and timing nets only need the right shapes and a realistic scale: drawing them with
     ``jax.random`` would compile one sampler per layer shape, which costs more than everything they time.
     """
-    return [{"W": jnp.asarray(rng.standard_normal((a, b)) * math.sqrt(4.0 / (a + b)), dtype),
+    return [{"W": jnp.asarray(rng.standard_normal((a, b)) * init.std("glorot_relu", a, b), dtype),
              "b": jnp.asarray(np.zeros(b), dtype)}
             for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
 

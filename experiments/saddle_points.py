@@ -175,11 +175,6 @@ def _losses(params, x, y, weight_decay):
     return jax.vmap(jax.vmap(lambda p: _loss(p, x, y, weight_decay)))(params)
 
 
-def _flat(params) -> np.ndarray:
-    """The parameters as one numpy vector in ``ravel_pytree`` order (on the host: nothing to compile)."""
-    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree.leaves(params)])
-
-
 def record_steps(steps: int, records: int) -> tuple[int, ...]:
     """Up to ``records`` distinct steps in ``[0, steps)``: 0 (the random start), then geometrically spaced
     from step 10 (the loss changes fastest early; the first few steps all lead to the same saddle)."""
@@ -265,8 +260,8 @@ def _escape(saddle: dict, args, config: Config, key) -> dict:
     runs = [_descend(start, k, *args, lr, np.float64(sigma), steps=steps)
             for k, sigma in zip(keys, noise, strict=True)]
     curves = np.stack([np.asarray(curve) for curve, _ in runs])
-    flat0 = _flat(start)
-    dist = np.array([np.linalg.norm(_flat(end) - flat0) for _, end in runs])
+    flat0 = _common.host_flat(start)
+    dist = np.array([np.linalg.norm(_common.host_flat(end) - flat0) for _, end in runs])
     plain, noisy = curves[0], curves[1:]
     return {
         "saddle_loss": float(plain[0]), "saddle_index": saddle["index"],
@@ -398,7 +393,7 @@ def _run(config: Config):
         "minima_losses": np.sort(minima),
         # Flat parameters (ravel_pytree order) let anyone recheck a point's gradient and Hessian.
         "points": [{**{k: v for k, v in p.items() if k not in ("eigs", "params")},
-                    "flat_params": _flat(p["params"])} for p in points],
+                    "flat_params": _common.host_flat(p["params"])} for p in points],
         "unconverged": [{"grad_norm": p["grad_norm"], "start_loss": p["start_loss"], "origin": p["origin"]}
                         for p in found if not p["converged"]],
         "spectra": spectra,
