@@ -267,7 +267,21 @@ def make_optimizer(
 
     Raises:
         ValueError: unknown optimiser or schedule (the message lists the valid names) or bad numbers.
+
+    Equal arguments return the same (immutable) transformation object, so :func:`make_train_epoch` and
+    :func:`fit` reuse the programs compiled for it instead of compiling an equal recipe again.
     """
+    args = (name, learning_rate, schedule, total_steps, momentum, clip, weight_decay, decay_to, warmup_steps)
+    try:
+        hash(args)
+    except TypeError:  # e.g. a jax array as the learning rate: build without the cache
+        return _make_optimizer(*args)
+    return _cached_optimizer(*args)
+
+
+def _make_optimizer(
+    name, learning_rate, schedule, total_steps, momentum, clip, weight_decay, decay_to, warmup_steps
+):
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
     lr = make_schedule(
@@ -299,6 +313,9 @@ def make_optimizer(
             raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay}")
         parts.append(optax.add_decayed_weights(float(weight_decay), mask=_matrices))
     return optax.chain(*parts, opt) if parts else opt
+
+
+_cached_optimizer = functools.lru_cache(maxsize=128, typed=True)(_make_optimizer)
 
 
 def learning_rate(opt_state: optax.OptState) -> jax.Array:
@@ -416,12 +433,21 @@ def make_train_epoch(
         ``train_epoch(state, x, y) -> (state, stats)`` with ``x: (n, d)`` and ``y: (n,)`` int on device.
         It shuffles with ``fold_in(state.key, state.epoch)`` (:func:`fflab.data.batch_indices`), runs
         ``n // batch_size`` steps in one ``lax.scan``, and returns the state with ``epoch + 1`` and the
-        per-step :class:`EpochStats`. It compiles once per data shape and dtype.
+        per-step :class:`EpochStats`. It compiles once per data shape and dtype, and equal arguments
+        (the same optimizer object) return the same function, so its compiled programs are reused.
     """
     mlp.activation_fn(activation)  # fail early on a bad name
     _check_norm(norm)
     batch_size = int(batch_size)
     _check_mesh(mesh, batch_size)
+    return _train_epoch(
+        optimizer, batch_size, activation, norm, float(transform_momentum), mesh, bool(record_grad_norm)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _train_epoch(optimizer, batch_size, activation, norm, transform_momentum, mesh, record_grad_norm):
+    """:func:`make_train_epoch` after its checks, memoised so that equal arguments share compiled programs."""
     grad_fn = jax.value_and_grad(_loss_fn(activation, norm, train=True), has_aux=True)
     split = NamedSharding(mesh, PartitionSpec("data")) if mesh is not None else None
 

@@ -224,7 +224,9 @@ def test_epoch_compiles_once(synthetic, caplog, tmp_path):
     assert on_disk == [False, 2, 3]  # every 2 epochs, and always after the last
 
     # The jitted epoch alone: same compiled program for the initial state and every later one.
+    opt = optax.adam(1e-2)  # a new transformation: a new, empty epoch function
     epoch = train.make_train_epoch(opt, batch_size=15)
+    assert epoch._cache_size() == 0
     state = _state(opt, [8, 16, 4], dtype=jnp.float32)
     x, y = jnp.asarray(synthetic.x_train, jnp.float32), jnp.asarray(synthetic.y_train)
     for _ in range(3):
@@ -232,6 +234,46 @@ def test_epoch_compiles_once(synthetic, caplog, tmp_path):
     assert epoch._cache_size() == 1
     assert stats.loss.shape == stats.grad_norm.shape == stats.learning_rate.shape == (20,)
     assert int(state.step) == 60
+
+
+def test_equal_recipes_share_compiled_epochs(synthetic, caplog):
+    """A second fit with an equal recipe (a notebook re-run, a seed sweep) does not compile again."""
+    kwargs = dict(schedule="linear", total_steps=40, clip=1.0, weight_decay=1e-4)
+    opt = train.make_optimizer("momentum", 0.05, **kwargs)
+    assert train.make_optimizer("momentum", 0.05, **kwargs) is opt
+    assert train.make_optimizer("momentum", 0.05, **{**kwargs, "clip": 2.0}) is not opt
+    assert train.make_optimizer("momentum", 0.06, **kwargs) is not opt
+    epoch = train.make_train_epoch(opt, batch_size=30)
+    assert train.make_train_epoch(opt, batch_size=30, activation="relu", record_grad_norm=True) is epoch
+    assert train.make_train_epoch(opt, batch_size=30, record_grad_norm=False) is not epoch
+    assert train.make_train_epoch(opt, batch_size=20) is not epoch
+
+    def run(seed):
+        fresh = train.make_optimizer("momentum", 0.05, **kwargs)
+        return train.fit(
+            _state(fresh, [8, 16, 4], seed=seed),
+            fresh,
+            (synthetic.x_train, synthetic.y_train),
+            epochs=2,
+            batch_size=30,
+            progress=False,
+        )
+
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        first, second, again = run(0), run(1), run(0)
+    compiles = [r for r in caplog.records if "Compiling jit(train_epoch)" in r.getMessage()]
+    assert len(compiles) == 1
+    # Sharing the program changes nothing: the re-run equals the first run bit for bit; another seed differs.
+    for a, b, c in zip(*(jax.tree.leaves(r.state.params) for r in (first, again, second)), strict=True):
+        assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_make_optimizer_accepts_unhashable_rates():
+    """A learning rate given as an array skips the cache and still builds the recipe."""
+    opt = train.make_optimizer("sgd", jnp.asarray(0.1))
+    params = {"w": jnp.ones(3)}
+    updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.1 * np.ones(3), rtol=1e-6)
 
 
 def test_epoch_order_depends_only_on_key_and_epoch(synthetic):
