@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import time
@@ -66,14 +67,52 @@ def _expand(names) -> list[str]:
     return out
 
 
-def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progress=True) -> list[dict]:
+COMPLETED = ".completed.json"  # in the output folder: the experiments that finished there, and their configs
+
+
+def _config_json(config) -> dict:
+    """``config`` as it reads back from the results JSON (tuples become lists, and so on)."""
+    return json.loads(json.dumps(_common._jsonable(dataclasses.asdict(config))))
+
+
+def _completed(out: Path) -> dict:
+    """The record of finished experiments in ``out``; empty if missing or unreadable (it then only costs
+    re-running them)."""
+    try:
+        record = json.loads((out / COMPLETED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _finished_result(name: str, config: dict, out: Path) -> dict | None:
+    """The saved result of ``name`` in ``out`` if a run with exactly ``config`` finished there, else None."""
+    entry = _completed(out).get(name)
+    if not isinstance(entry, dict) or entry.get("config") != config:
+        return None
+    try:
+        result = _common.load_results(name, out)
+    except (OSError, ValueError):
+        return None
+    return result if result.get("config") == config else None
+
+
+def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progress=True,
+        resume=False) -> list[dict]:
     """Run experiments by name (``"all"`` for every one) and return their saved results.
+
+    Each experiment that finishes (results JSON and figures written) is recorded with its config in
+    ``out_dir/.completed.json``, so an interrupted ``fflab run all`` can be continued with ``resume=True``.
 
     Args:
         names: experiment names, or ``["all"]``.
         quick: use each module's QUICK config (offline, seconds) instead of FULL.
         dataset, data_dir: override the data set of experiments that load one.
         out_dir: where JSON and figures go (default ``figures/``, or ``figures/quick/`` when quick).
+        progress: show a progress bar over the experiments.
+        resume: skip an experiment that already finished into ``out_dir`` with the same config; its saved
+            result is returned (with ``"skipped": True``) instead. Code changes are not detected: after
+            editing an experiment, run it without ``resume``.
     """
     from tqdm.auto import tqdm
 
@@ -87,13 +126,22 @@ def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progre
         config = _common.configure(
             module, quick=quick, overrides=_common._known(
                 module, {"dataset": dataset, "data_dir": data_dir}))
-        start = time.perf_counter()
-        result = module.main(config, out)
-        result["seconds"] = round(time.perf_counter() - start, 2)
+        as_json = _config_json(config)
+        result = _finished_result(name, as_json, out) if resume else None
+        if result is not None:
+            result["skipped"] = True
+        else:
+            start = time.perf_counter()
+            result = module.main(config, out)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            record = _completed(out)
+            record[name] = {"config": as_json, "seconds": result["seconds"]}
+            _common.write_json(out / COMPLETED, record)
         results.append(result)
         held = sum(c["holds"] for c in result.get("claims", []))
-        bar.write(f"{name}: {held}/{len(result.get('claims', []))} claims hold "
-                  f"({result['seconds']:.1f} s)")
+        done = "finished earlier with this config, skipped" if result.get("skipped") else (
+            f"{result['seconds']:.1f} s")
+        bar.write(f"{name}: {held}/{len(result.get('claims', []))} claims hold ({done})")
     return results
 
 

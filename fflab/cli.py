@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-grad-norm", action="store_true",
         help="skip the per-step gradient norms (about 15%% faster; grad_norm is null in metrics.json)",
     )
-    t.set_defaults(handler=_train)
+    t.set_defaults(
+        handler=_train, interrupted="`fflab train ... --resume` continues from the last checkpoint"
+    )
 
     ls = sub.add_parser("list", help="list the experiments", description="List the lecture's experiments.")
     ls.set_defaults(handler=_list)
@@ -176,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="override the data set of experiments that load one")
     r.add_argument("--data-dir", help="folder holding the IDX files")
     r.add_argument("--out", help="output folder (default figures/, or figures/quick/ with --quick)")
-    r.set_defaults(handler=_run)
+    r.add_argument(
+        "--resume", action="store_true",
+        help="skip the experiments that already finished into the output folder with the same config",
+    )
+    r.set_defaults(
+        handler=_run, interrupted="`fflab run ... --resume` skips the experiments that already finished"
+    )
 
     rep = sub.add_parser(
         "report", help="write the gallery", description="Write OUT/README.md from saved results."
@@ -399,7 +407,12 @@ def _run(args) -> int:
     import experiments
 
     experiments.run(
-        args.names, quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out
+        args.names,
+        quick=args.quick,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        resume=args.resume,
     )
     return 0
 
@@ -416,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fflab`` console script; returns the exit status (0 ok, 2 bad input, 130 ^C)."""
     from fflab import data, train
 
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
@@ -424,10 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"fflab: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(
-            "fflab: interrupted; `fflab train ... --resume` continues from the last checkpoint",
-            file=sys.stderr,
-        )
+        hint = getattr(args, "interrupted", None)
+        print(f"fflab: interrupted; {hint}" if hint else "fflab: interrupted", file=sys.stderr)
         return 130
     return 2
 

@@ -35,6 +35,35 @@ def test_run_and_report_write_results_and_gallery(tmp_path):
     assert page.count("| yes |") == len(results[0]["claims"])
 
 
+def test_resume_skips_only_experiments_finished_with_the_same_config(tmp_path):
+    first = experiments.run(["activations"], quick=True, out_dir=tmp_path, progress=False)[0]
+    record = json.loads((tmp_path / experiments.COMPLETED).read_text())
+    assert record["activations"]["config"] == first["config"]
+    saved = tmp_path / "activations.json"
+    stamp = saved.stat().st_mtime_ns
+
+    again = experiments.run(["activations"], quick=True, out_dir=tmp_path, progress=False, resume=True)[0]
+    assert again["skipped"] and saved.stat().st_mtime_ns == stamp
+    assert again["claims"] == first["claims"] and again["results"] == first["results"]
+
+    # Another config on record (or no record, or a damaged one) runs the experiment again.
+    record["activations"]["config"]["num"] += 1
+    (tmp_path / experiments.COMPLETED).write_text(json.dumps(record))
+    rerun = experiments.run(["activations"], quick=True, out_dir=tmp_path, progress=False, resume=True)[0]
+    assert "skipped" not in rerun and saved.stat().st_mtime_ns > stamp
+    record = json.loads((tmp_path / experiments.COMPLETED).read_text())
+    assert record["activations"]["config"] == first["config"]
+    (tmp_path / experiments.COMPLETED).write_text("{not json")
+    stamp = saved.stat().st_mtime_ns
+    assert "skipped" not in experiments.run(
+        ["activations"], quick=True, out_dir=tmp_path, progress=False, resume=True)[0]
+    assert saved.stat().st_mtime_ns > stamp
+    # Without resume a finished experiment runs again.
+    stamp = saved.stat().st_mtime_ns
+    assert "skipped" not in experiments.run(["activations"], quick=True, out_dir=tmp_path, progress=False)[0]
+    assert saved.stat().st_mtime_ns > stamp
+
+
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fflab run all"):
         experiments.report(tmp_path / "missing")

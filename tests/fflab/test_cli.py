@@ -167,6 +167,8 @@ class _FakeExperiments:
         self.calls.append(("run", list(names), kwargs))
         if "bogus" in names:
             raise ValueError("unknown experiment 'bogus'; valid names: activations, landscape")
+        if "slow" in names:
+            raise KeyboardInterrupt
         return []
 
     def report(self, out_dir):
@@ -184,9 +186,31 @@ def test_experiment_commands_delegate(monkeypatch, capsys):
     assert fake.calls[-1] == (
         "run",
         ["all"],
-        {"quick": True, "dataset": "digits", "data_dir": None, "out_dir": "o"},
+        {"quick": True, "dataset": "digits", "data_dir": None, "out_dir": "o", "resume": False},
+    )
+    assert cli.main(["run", "landscape", "--resume"]) == 0
+    assert fake.calls[-1] == (
+        "run",
+        ["landscape"],
+        {"quick": False, "dataset": None, "data_dir": None, "out_dir": None, "resume": True},
     )
     assert cli.main(["report", "--out", "o"]) == 0
     assert fake.calls[-1] == ("report", "o") and "o/README.md" in capsys.readouterr().out
     assert "unknown experiment 'bogus'" in _fail(capsys, ["run", "bogus"])
     assert "required" in _fail(capsys, ["run"])
+
+
+def test_interrupt_exits_130_with_the_resume_hint_of_its_command(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "experiments", _FakeExperiments())
+    assert cli.main(["run", "slow"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "fflab: interrupted; `fflab run ... --resume` skips the experiments that already finished"
+    )
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train", interrupt)  # the parser binds the module's _train when built
+    assert cli.main(["train", "--dataset", "digits", "--out", "o"]) == 130
+    assert "`fflab train ... --resume` continues from the last checkpoint" in capsys.readouterr().err
