@@ -186,7 +186,9 @@ def _coerce(value, current, key):
 
 def module_cli(module, argv=None) -> int:
     """``python -m experiments.NAME [--quick] [--dataset D] [--data-dir DIR] [--out DIR] [--set k=v]``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.DESCRIPTION)
+    spec = getattr(module, "__spec__", None)  # under `python -m` it is __main__; its spec has the name
+    name = spec.name if spec is not None else module.__name__
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=module.DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="the small offline config (seconds)")
     parser.add_argument("--dataset", help="override the config's data set")
     parser.add_argument("--data-dir", help="folder holding the IDX files")
@@ -194,6 +196,8 @@ def module_cli(module, argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set epochs=5")
     args = parser.parse_args(argv)
+    from fflab.data import DataError
+
     try:
         overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
         for item in args.set:
@@ -204,9 +208,13 @@ def module_cli(module, argv=None) -> int:
         config = configure(module, quick=args.quick, overrides=_known(module, overrides))
         out = Path(args.out) if args.out else default_out(args.quick)
         result = module.main(config, out)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, DataError, FloatingPointError) as err:
+        # FloatingPointError: fflab.train.NonFiniteLossError. One line, no traceback.
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     for c in result.get("claims", []):
         print(f"[{'holds' if c['holds'] else 'FAILS'}] {c['text']}: {c['measured']}")
     return 0

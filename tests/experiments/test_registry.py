@@ -78,6 +78,23 @@ def test_module_cli_runs_and_rejects_bad_input(tmp_path):
                           "--set", "num=many"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("python -m experiments.activations: error: ")
+
+
+def test_module_cli_reports_missing_data_in_one_line(tmp_path, monkeypatch, capsys):
+    """A data set that cannot be found (or downloaded) is one line and exit code 2, not a traceback."""
+    from fflab import data
+
+    def missing(*args, **kwargs):
+        raise data.DataError("mnist not found; searched: /nowhere (data_dir)\nfix: pass --data-dir")
+
+    monkeypatch.setattr(data, "load", missing)
+    code = _common.module_cli(experiments.load("mnist_mlp"), ["--quick", "--dataset", "mnist",
+                                                              "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        "python -m experiments.mnist_mlp: error: mnist not found; searched: /nowhere (data_dir) fix: pass "
+        "--data-dir\n")
 
 
 def test_gallery_rounds_measured_numbers_to_four_digits():
