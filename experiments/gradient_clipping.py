@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from experiments import _common
-from fflab import data, mlp, train
+from fflab import data, init, mlp, train
 
 NAME = "gradient_clipping"
 DESCRIPTION = "Pascanu's cliff: an unclipped step catapults the parameters; clipping rescues descent and SGD"
@@ -186,8 +186,7 @@ def _cliff(config: Config) -> dict:
     lo = np.array([config.w_range[0], config.b_range[0]])
     hi = np.array([config.w_range[1], config.b_range[1]])
     key = jax.random.key(config.seed)
-    # Drawn flat and reshaped: the same numbers, but a threefry draw with a short last axis compiles slowly.
-    unit = jax.random.uniform(key, (2 * config.num_starts,), jnp.float64).reshape(config.num_starts, 2)
+    unit = init.flat_draw(jax.random.uniform, key, (config.num_starts, 2), jnp.float64)  # compiles faster
     starts = lo + (hi - lo) * np.asarray(unit)
     rows = np.concatenate([np.asarray([config.start], float), starts])
     settings = (("unclipped", math.inf), ("clipped", config.clip))

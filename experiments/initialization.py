@@ -144,21 +144,12 @@ def _profiles(params, x, cotangent):
     return fwd, bwd
 
 
-def _flat_draw(sample, key, shape, dtype, *args):
-    """``sample(key, shape, dtype, *args)`` (a ``jax.random`` sampler), drawn flat and reshaped.
-
-    The same numbers (threefry fills the flattened array either way), but XLA's CPU compiler spends seconds
-    on a threefry draw whose last axis is 10 (the classes) and a fraction of a second on the flat one.
-    """
-    return sample(key, (math.prod(shape),), dtype, *args).reshape(shape)
-
-
 def _uniform_net(key, sizes, kind: str, dtype):
     """Glorot & Bengio's draws: ``standard`` U[+-1/sqrt(n_in)], ``normalised`` U[+-sqrt(6/(n_in+n_out))]."""
     layers = []
     for k, a, b in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:], strict=True):
         lim = 1 / math.sqrt(a) if kind == "standard" else math.sqrt(6 / (a + b))
-        layers.append({"W": _flat_draw(jax.random.uniform, k, (a, b), dtype, -lim, lim),
+        layers.append({"W": init.flat_draw(jax.random.uniform, k, (a, b), dtype, -lim, lim),
                        "b": jnp.zeros((b,), dtype)})
     return layers
 
@@ -213,8 +204,8 @@ def _signal_part(config: Config, x_sig, sizes, variants, key, dtype):
     """Mean over ``config.draws`` weight draws of the forward and backward second moments, per variant."""
     draw_keys = jax.random.split(key, config.draws)
     # On the host: iterating over a device array would compile an unstack for its shape.
-    cotangents = np.asarray(_flat_draw(jax.random.normal, jax.random.fold_in(key, 1),
-                                       (config.draws, len(x_sig), sizes[-1]), dtype))
+    cotangents = np.asarray(init.flat_draw(jax.random.normal, jax.random.fold_in(key, 1),
+                                           (config.draws, len(x_sig), sizes[-1]), dtype))
     profiles, theory = {}, {}
     for label, (scheme, scale) in zip(config.schemes, variants, strict=True):
         stats = [_profiles(mlp.init(k, sizes, init=scheme, scale=scale, dtype=dtype), x_sig, cot)

@@ -50,6 +50,18 @@ def test_gaussian_draw_is_jax_random_normal_of_the_layer_shape(dtype, partitiona
             np.testing.assert_array_equal(init.weights(key, n_in, n_out, "lecun", dtype=dtype), expected)
 
 
+@pytest.mark.parametrize("partitionable", [False, True])
+def test_flat_draw_equals_the_shaped_draw(partitionable):
+    key = jax.random.PRNGKey(7)
+    with jax.threefry_partitionable(partitionable):
+        for shape in [(4, 3, 10), (25, 2), (6,)]:
+            args = (jnp.float32, -0.5, 2.0)
+            np.testing.assert_array_equal(init.flat_draw(jax.random.uniform, key, shape, *args),
+                                          jax.random.uniform(key, shape, *args))
+            np.testing.assert_array_equal(init.flat_draw(jax.random.normal, key, shape),
+                                          jax.random.normal(key, shape))
+
+
 def test_sparse_has_exactly_15_nonzero_incoming_weights_per_unit():
     w = np.asarray(init.weights(jax.random.PRNGKey(3), 200, 50, "sparse"))
     np.testing.assert_array_equal((w != 0).sum(axis=0), np.full(50, 15))
