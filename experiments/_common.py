@@ -196,7 +196,7 @@ def module_cli(module, argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set epochs=5")
     args = parser.parse_args(argv)
-    from fflab.data import DataError
+    from fflab.cli import one_line, user_errors
 
     try:
         overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
@@ -208,9 +208,8 @@ def module_cli(module, argv=None) -> int:
         config = configure(module, quick=args.quick, overrides=_known(module, overrides))
         out = Path(args.out) if args.out else default_out(args.quick)
         result = module.main(config, out)
-    except (ValueError, OSError, DataError, FloatingPointError) as err:
-        # FloatingPointError: fflab.train.NonFiniteLossError. One line, no traceback.
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    except user_errors() as err:  # what `fflab run` reports in one line, reported the same way
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

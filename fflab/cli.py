@@ -425,18 +425,28 @@ def _report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fflab`` console script; returns the exit status (0 ok, 2 bad input, 130 ^C)."""
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input or data: a command line reports them with :func:`one_line` and
+    exits with status 2, without a traceback (``fflab`` and ``python -m experiments.NAME`` alike)."""
     from fflab import data, train
 
+    # ValueError covers bad names and numbers and fflab.checkpoint.CheckpointError.
+    return (UsageError, ValueError, data.DataError, train.NonFiniteLossError, OSError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a data error lists the places it searched over several)."""
+    return " ".join(str(err).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fflab`` console script; returns the exit status (0 ok, 2 bad input, 130 ^C)."""
     args = None
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
-    except (UsageError, ValueError, data.DataError, train.NonFiniteLossError, OSError) as e:
-        # ValueError covers bad names and numbers and fflab.checkpoint.CheckpointError.
-        message = " ".join(str(e).split())
-        print(f"fflab: error: {message}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"fflab: error: {one_line(e)}", file=sys.stderr)
     except KeyboardInterrupt:
         hint = getattr(args, "interrupted", None)
         print(f"fflab: interrupted; {hint}" if hint else "fflab: interrupted", file=sys.stderr)
