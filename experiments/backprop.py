@@ -182,11 +182,25 @@ def backprop_macs(sizes: Sequence[int], batch: int) -> int:
     return int(batch) * (3 * sum(pairs) - pairs[0])
 
 
+def _numpy_net(rng: np.random.Generator, sizes, *, scheme: str, bias_std: float, dtype=None) -> list[dict]:
+    """An MLP drawn with numpy: weights ``N(0, init.std(scheme)^2)``, biases ``N(0, bias_std^2)`` (zero, and
+    not drawn, when ``bias_std`` is 0), layer by layer.
+
+    The checks use non-zero biases so that bias gradients are tested too. The cost and timing nets only need
+    the right shapes and a realistic scale: drawing them with ``jax.random`` would compile one sampler per
+    layer shape, which costs more than everything they time.
+    """
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        w = rng.standard_normal((a, b)) * init.std(scheme, a, b)
+        bias = bias_std * rng.standard_normal(b) if bias_std else np.zeros(b)
+        layers.append({"W": jnp.asarray(w, dtype), "b": jnp.asarray(bias, dtype)})
+    return layers
+
+
 def _random_net(rng: np.random.Generator, sizes) -> list[dict]:
-    """Glorot-scaled float64 weights and non-zero biases (so bias gradients are tested too), from numpy."""
-    return [{"W": jnp.asarray(rng.standard_normal((a, b)) * np.sqrt(2 / (a + b))),
-             "b": jnp.asarray(0.1 * rng.standard_normal(b))}
-            for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    """Glorot-scaled float64 weights and non-zero biases, for the exactness checks."""
+    return _numpy_net(rng, sizes, scheme="glorot", bias_std=0.1)
 
 
 def _fd_steps(params, coords) -> tuple[np.ndarray, np.ndarray]:
@@ -279,14 +293,8 @@ def _checks(config: Config) -> tuple[dict, dict]:
 
 
 def _glorot_relu_net(rng: np.random.Generator, sizes, dtype) -> list[dict]:
-    """Weights of :func:`fflab.mlp.init`'s default scheme (``glorot_relu``, zero biases), drawn with numpy.
-
-    The cost and timing nets only need the right shapes and a realistic scale: drawing them with
-    ``jax.random`` would compile one sampler per layer shape, which costs more than everything they time.
-    """
-    return [{"W": jnp.asarray(rng.standard_normal((a, b)) * init.std("glorot_relu", a, b), dtype),
-             "b": jnp.asarray(np.zeros(b), dtype)}
-            for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    """:func:`fflab.mlp.init`'s default scheme (``glorot_relu``, zero biases) for the cost and timing nets."""
+    return _numpy_net(rng, sizes, scheme="glorot_relu", bias_std=0.0, dtype=dtype)
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
