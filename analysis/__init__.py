@@ -10,7 +10,7 @@ import importlib
 _FUNCTIONS = {
     "hvp": "curvature",
     "hessian_operator": "curvature",
-    "data_mesh": "curvature",
+    "data_mesh": "sharding",
     "hessian": "curvature",
     "hessian_blocks": "curvature",
     "lanczos": "krylov",
@@ -18,7 +18,7 @@ _FUNCTIONS = {
     "spectral_density": "density",
     "trace": "density",
 }
-_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "signals")
+_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "sharding")
 
 __all__ = sorted([*_FUNCTIONS, *_MODULES])
 

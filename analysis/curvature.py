@@ -6,7 +6,7 @@ axis and the loss is a *mean* over that axis.
 
 With ``hessian_operator(..., mesh=data_mesh())`` the data are sharded over the devices of a
 ``jax.sharding.Mesh`` and each product is one ``jax.shard_map`` program with one all-reduce
-(see :mod:`analysis._sharding`).
+(see :mod:`analysis.sharding`).
 
 Products are forward-over-reverse (``jax.jvp`` of ``jax.grad``), the cheapest exact Hessian-vector product
 [Pearlmutter 1994]; the generalised Gauss-Newton matrix ``J^T H_out J`` follows [Schraudolph 2002].
@@ -32,13 +32,12 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jax.tree_util import Partial
 
-from analysis import _sharding
-from analysis._sharding import data_mesh
+from analysis import sharding
+from analysis.sharding import data_mesh
 
 __all__ = [
     "CURVATURES",
     "DEFAULT_CHUNK_SIZE",
-    "OUTPUT_LOSSES",
     "HessianBlocks",
     "data_mesh",
     "hessian",
@@ -55,24 +54,6 @@ CURVATURES = ("hessian", "ggn")
 # were slower. Accelerators want wider batches: 64 there is a guess, not a measurement.
 DEFAULT_CHUNK_SIZE = {"cpu": 16}
 _ACCELERATOR_CHUNK_SIZE = 64
-
-
-def _cross_entropy(logits, labels):
-    # Mean softmax cross-entropy; labels are class indices (batch,) or probability rows (batch, classes).
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    if labels.ndim == logits.ndim - 1:
-        picked = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-        return -jnp.mean(picked)
-    return -jnp.mean(jnp.sum(labels * log_probs, axis=-1))
-
-
-def _mse(outputs, targets):
-    # Mean over samples of the squared error summed over outputs (the convention of fflab.losses.mse).
-    sq = jnp.square(outputs - targets)
-    return jnp.mean(jnp.sum(sq.reshape(sq.shape[0], -1), axis=1))
-
-
-OUTPUT_LOSSES = {"cross_entropy": _cross_entropy, "mse": _mse}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +246,7 @@ def _flat_product(spec: _Product, params, *rest):
     v = v.astype(flat.dtype)
     if spec.mesh is None:
         return _local_product(spec, params, v, tuple(args))
-    return _sharding.sharded_mean(functools.partial(_local_product, spec), spec.mesh, params, v, tuple(args))
+    return sharding.sharded_mean(functools.partial(_local_product, spec), spec.mesh, params, v, tuple(args))
 
 
 def _local_product(spec: _Product, params, v, args):
@@ -311,7 +292,7 @@ def hessian_operator(
     *args: Any,
     curvature: str = "hessian",
     output_fn: Callable | None = None,
-    loss: str | Callable | None = None,
+    loss: Callable | None = None,
     batch_size: int | None = None,
     mesh: Mesh | None = None,
 ) -> tuple[Partial, int]:
@@ -330,11 +311,10 @@ def hessian_operator(
 
     ``curvature="ggn"``: generalised Gauss-Newton ``J^T H_out J`` [Schraudolph 2002] for
     ``loss_fn(params, x, *targets) == loss(output_fn(params, x), *targets)``, where ``J`` is the Jacobian
-    of ``output_fn(params, x)`` in ``params`` and ``H_out`` the Hessian of ``loss`` in the outputs. ``loss``
-    is ``"cross_entropy"`` (softmax cross-entropy from logits; integer or one-hot labels), ``"mse"``
-    (``mean_n ||out_n - t_n||^2``) or a callable ``loss(outputs, *targets) -> scalar``; the GGN is positive
-    semi-definite when that loss is convex in the outputs. ``loss_fn`` may be ``None``; if given, it is
-    evaluated once and must equal the composition (a guard against linearising the wrong loss).
+    of ``output_fn(params, x)`` in ``params`` and ``H_out`` the Hessian of ``loss(outputs, *targets) ->
+    scalar`` in the outputs; the GGN is positive semi-definite when that loss is convex in the outputs.
+    ``loss_fn`` may be ``None``; if given, it is evaluated once and must equal the composition (a guard
+    against linearising the wrong loss).
 
     Args:
         loss_fn: ``loss_fn(params, *args) -> scalar`` (may be ``None`` for ``curvature="ggn"``).
@@ -342,7 +322,8 @@ def hessian_operator(
         *args: data. For ``"ggn"``, ``args = (x, *targets)``.
         curvature: ``"hessian"`` or ``"ggn"``.
         output_fn: ``output_fn(params, x) -> outputs`` (``"ggn"`` only).
-        loss: output-space loss for ``"ggn"``, a name in :data:`OUTPUT_LOSSES` or a callable.
+        loss: output-space loss for ``"ggn"``, ``loss(outputs, *targets) -> scalar`` (e.g.
+            ``fflab.losses.cross_entropy``).
         batch_size: if set, accumulate the product over chunks of this many samples (a ``lax.scan`` over
             the full chunks plus one exact remainder chunk). Assumes every leaf of every data argument has
             the sample axis first and the loss is a *mean* over samples, so that
@@ -369,8 +350,8 @@ def hessian_operator(
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
     if mesh is not None:
-        local = _sharding.check_divisible(_num_samples(args, "mesh"), mesh)
-        if _sharding.num_shards(mesh) == 1:
+        local = sharding.check_divisible(_num_samples(args, "mesh"), mesh)
+        if sharding.num_shards(mesh) == 1:
             mesh = None  # the one-device path
         elif batch_size is not None and batch_size >= local:
             batch_size = None
@@ -379,15 +360,10 @@ def hessian_operator(
     outer = None
     if curvature == "ggn":
         if output_fn is None or loss is None:
-            raise ValueError("curvature='ggn' needs output_fn(params, x) and loss (a name or a callable)")
-        if isinstance(loss, str):
-            if loss not in OUTPUT_LOSSES:
-                raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(OUTPUT_LOSSES)}")
-            outer = OUTPUT_LOSSES[loss]
-        elif callable(loss):
-            outer = loss
-        else:
-            raise ValueError(f"loss must be a name in {list(OUTPUT_LOSSES)} or a callable, got {loss!r}")
+            raise ValueError("curvature='ggn' needs output_fn(params, x) and loss(outputs, *targets)")
+        if not callable(loss):
+            raise ValueError(f"loss must be a function loss(outputs, *targets) -> scalar, got {loss!r}")
+        outer = loss
         if not args:
             raise ValueError("curvature='ggn' needs data args (x, *targets)")
         _check_hashable(output_fn, "output_fn")
@@ -415,7 +391,7 @@ def hessian_operator(
     )
     dim = int(ravel_pytree(params)[0].size)
     if mesh is not None:
-        params, args = _sharding.place(mesh, params, args)
+        params, args = sharding.place(mesh, params, args)
     return Partial(spec, params, *args), dim
 
 

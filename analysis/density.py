@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.krylov import _as_operator, _check_count, _hoisted, _iterate, _start, eigsh
+from analysis._linalg import as_operator, check_count, hoisted, iterate, start_basis
+from analysis.krylov import eigsh
 
 __all__ = ["PROBES", "TRACE_METHODS", "SpectralDensity", "TraceEstimate", "spectral_density", "trace"]
 
@@ -102,7 +103,7 @@ def _probes(key, num, dim, dtype, kind):
 def _slq(matvec, probes, num_steps, deflated):
     # Linearise once, outside the vmap: the probes share the operator's v-independent work.
     num_probes, dim = probes.shape
-    matvec = _hoisted(matvec, dim, probes.dtype, num_probes * (num_steps + 1) * dim * probes.dtype.itemsize)
+    matvec = hoisted(matvec, dim, probes.dtype, num_probes * (num_steps + 1) * dim * probes.dtype.itemsize)
     if deflated.shape[0]:
         # Run on (I - V V^T) A (I - V V^T) from projected probes: every Krylov vector stays in the
         # complement of the deflated eigenvectors (rows of `deflated`), up to rounding that the
@@ -119,8 +120,8 @@ def _slq(matvec, probes, num_steps, deflated):
 
     def quadrature(v):
         # No restart on breakdown (so no key): the zero block it leaves carries zero quadrature weight.
-        _, proj, norms = _iterate(
-            matvec, *_start(v, num_steps), None, 0, num_steps, restart=False, three_term=True
+        _, proj, norms = iterate(
+            matvec, *start_basis(v, num_steps), None, 0, num_steps, restart=False, three_term=True
         )
         betas = norms[:-1]
         tri = jnp.diag(jnp.diagonal(proj)) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
@@ -177,13 +178,13 @@ def spectral_density(
         :class:`SpectralDensity` with nodes and weights of shape ``(num_probes, num_deflate +
         num_steps)``; the first ``num_deflate`` nodes of every row are the deflated eigenvalues.
     """
-    op, dtype = _as_operator(matvec, dim)
+    op, dtype = as_operator(matvec, dim)
     dim = int(dim)
-    num_steps = _check_count("num_steps", num_steps, 1, dim)
+    num_steps = check_count("num_steps", num_steps, 1, dim)
     if probes is None:
         if key is None:
             raise ValueError("spectral_density needs a PRNG key (or explicit probes)")
-        num_probes = _check_count("num_probes", num_probes, 1, 10**9)
+        num_probes = check_count("num_probes", num_probes, 1, 10**9)
         if probe not in PROBES:
             raise ValueError(f"unknown probe {probe!r}; valid names: {', '.join(PROBES)}")
         probes = _probes(key, num_probes, dim, dtype, probe)
@@ -195,7 +196,7 @@ def spectral_density(
         norms = np.asarray(jnp.linalg.norm(probes, axis=1))
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise ValueError("probes must be finite and non-zero")
-    k = _check_count("num_deflate", num_deflate, 0, dim - num_steps)
+    k = check_count("num_deflate", num_deflate, 0, dim - num_steps)
     if not k:
         return SpectralDensity(*_slq(op, probes, num_steps, jnp.zeros((0, dim), dtype)))
     if key is None:
@@ -255,9 +256,9 @@ def trace(
     Returns:
         :class:`TraceEstimate` with scalar ``estimate`` and ``stderr``.
     """
-    op, dtype = _as_operator(matvec, dim)
+    op, dtype = as_operator(matvec, dim)
     if method not in TRACE_METHODS:
         raise ValueError(f"unknown method {method!r}; valid names: {', '.join(TRACE_METHODS)}")
     low = 4 if method == "hutch++" else 2
-    num_probes = _check_count("num_probes", num_probes, low, 10**9)
+    num_probes = check_count("num_probes", num_probes, low, 10**9)
     return _trace(op, key, int(dim), dtype, num_probes, method)

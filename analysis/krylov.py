@@ -19,7 +19,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,8 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.tree_util import Partial
+
+from analysis._linalg import as_operator, check_count, hoisted, iterate, start_basis
 
 __all__ = ["WHICH", "EigshResult", "LanczosResult", "eigsh", "lanczos"]
 
@@ -66,136 +65,10 @@ class EigshResult(NamedTuple):
     residuals: jax.Array
 
 
-# --------------------------------------------------------------------------------------------------
-# shared plumbing (also used by analysis.density)
-
-
-def _as_operator(matvec: Callable, dim) -> tuple[Partial, jnp.dtype]:
-    """Check ``matvec`` on an abstract ``(dim,)`` vector; return it as a pytree callable and its dtype."""
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if not callable(matvec):
-        raise ValueError(f"matvec must be callable, got {type(matvec).__name__}")
-    dim = int(dim)
-    op = matvec if isinstance(matvec, Partial) else Partial(matvec)
-    # Probe with float32: the output dtype is then the operator's own (float64 for a float64 matrix,
-    # float32 for a float32 one), which becomes the working dtype.
-    probe = jax.ShapeDtypeStruct((dim,), jnp.float32)
-    try:
-        out = jax.eval_shape(op, probe)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"matvec failed on a vector of shape ({dim},): {err}") from err
-    shape = getattr(out, "shape", None)
-    if shape != (dim,):
-        got = shape if shape is not None else jax.tree_util.tree_structure(out)
-        raise ValueError(f"matvec must map a ({dim},) vector to a ({dim},) vector, got {got}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"matvec must return real floating vectors, got dtype {out.dtype}")
-    return op, out.dtype
-
-
-def _hoisted(matvec, dim: int, dtype, budget: int):
-    """``matvec`` with its work that does not depend on ``v`` done once, for use inside a loop.
-
-    For a linear operator, ``jax.linearize`` at ``v = 0`` evaluates everything that is independent of
-    ``v`` (for a Hessian-vector product: the forward and backward pass at the parameters) once and
-    returns a function that runs only the rest (the tangent passes), about a third less work per
-    product for an MLP. The stored intermediates cost memory, so the operator is hoisted only when they
-    fit in ``budget`` bytes (callers pass the size of the Krylov basis they hold anyway; an operator
-    that chunks a large data set keeps its chunked, recomputing form). Called while tracing.
-    """
-    try:
-        lin = jax.linearize(matvec, jnp.zeros((dim,), dtype))[1]
-    except Exception:  # any failure to linearise (a callback, say): use the operator as it is
-        return matvec
-    # If the intermediates are too large, the unused linearisation is dead code (XLA drops it).
-    leaves = jax.tree_util.tree_leaves(lin)
-    size = sum(math.prod(jnp.shape(leaf)) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
-    return lin if size <= budget else matvec
-
-
-def _check_count(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
-
-
-def _orthogonalise(w, basis):
-    # Classical Gram-Schmidt against all rows of `basis`, twice ("twice is enough", Parlett 1998).
-    # Unused rows are zero and contribute nothing.
-    h = basis @ w
-    w = w - h @ basis
-    h2 = basis @ w
-    w = w - h2 @ basis
-    return w, h + h2
-
-
-def _iterate(matvec, basis, proj, norms, key, start, stop, *, restart=True, three_term=False):
-    """Lanczos steps ``j = start, ..., stop - 1`` with full re-orthogonalisation, one ``fori_loop``.
-
-    On entry rows ``0..start`` of ``basis (m + 1, dim)`` are orthonormal (row ``start`` is the vector to
-    expand) and the rest are zero; ``proj (m, m)`` holds ``Q A Q^T`` for the rows before ``start``.
-    Each step writes column and row ``j`` of ``proj`` from the Gram-Schmidt coefficients, the norm of
-    the new residual into ``norms[j]``, and its direction into ``basis[j + 1]``. On breakdown (residual
-    at rounding level) the Krylov space is invariant: the step records ``beta = 0`` and, with
-    ``restart``, continues with a random vector orthogonal to the basis, which keeps
-    ``A Q^T = Q^T T + r e^T`` exact and ``Q`` orthonormal. Without ``restart`` (for quadrature under
-    ``vmap``, where ``lax.cond`` would evaluate both branches every step) the remaining vectors are
-    zero: ``T`` gets a decoupled zero block whose Ritz values carry zero quadrature weight.
-
-    With ``three_term`` (only for a plain run from ``start = 0``) the first Gram-Schmidt pass is the
-    Lanczos three-term recurrence and one full pass follows, which halves the reads of the basis (the
-    loop is memory-bound under ``vmap``); otherwise both passes are full, as a thick restart needs.
-    """
-    dtype = basis.dtype
-    dim = basis.shape[1]
-    rounding = 10 * jnp.finfo(dtype).eps * np.sqrt(dim)
-
-    def step(j, state):
-        basis, proj, norms = state
-        aq = matvec(basis[j]).astype(dtype)
-        if three_term:
-            q, previous = basis[j], jnp.where(j > 0, norms[j - 1], 0)
-            alpha = jnp.vdot(q, aq)
-            w = aq - alpha * q - previous * basis[jnp.maximum(j - 1, 0)]
-            h = basis @ w
-            w = w - h @ basis
-            h = h.at[j].add(alpha).at[j - 1].add(jnp.where(j > 0, previous, 0))
-        else:
-            w, h = _orthogonalise(aq, basis)
-        beta = jnp.linalg.norm(w)
-        proj = proj.at[:, j].set(h[:-1]).at[j, :].set(h[:-1])
-
-        def regular(_):
-            return w / jnp.where(beta > 0, beta, 1), beta
-
-        def fresh(_):
-            z = jax.random.normal(jax.random.fold_in(key, j), (dim,), dtype)
-            z, _ = _orthogonalise(z, basis)
-            nz = jnp.linalg.norm(z)
-            return z / jnp.where(nz > 0, nz, 1), jnp.zeros((), dtype)
-
-        breakdown = beta <= rounding * jnp.linalg.norm(aq)
-        if restart:
-            nxt, beta = lax.cond(breakdown, fresh, regular, None)
-        else:
-            nxt, beta = regular(None)
-            nxt, beta = jnp.where(breakdown, 0, nxt), jnp.where(breakdown, 0, beta)
-        return basis.at[j + 1].set(nxt), proj, norms.at[j].set(beta)
-
-    return lax.fori_loop(start, stop, step, (basis, proj, norms))
-
-
-def _start(v0, num_steps):
-    dim = v0.shape[0]
-    basis = jnp.zeros((num_steps + 1, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    return basis, jnp.zeros((num_steps, num_steps), v0.dtype), jnp.zeros((num_steps,), v0.dtype)
-
-
 def _run_lanczos(matvec, v0, key, num_steps):
     dim = v0.shape[0]
-    matvec = _hoisted(matvec, dim, v0.dtype, (num_steps + 1) * dim * v0.dtype.itemsize)
-    basis, proj, norms = _iterate(matvec, *_start(v0, num_steps), key, 0, num_steps, three_term=True)
+    matvec = hoisted(matvec, dim, v0.dtype, (num_steps + 1) * dim * v0.dtype.itemsize)
+    basis, proj, norms = iterate(matvec, *start_basis(v0, num_steps), key, 0, num_steps, three_term=True)
     return LanczosResult(
         alphas=jnp.diagonal(proj),
         betas=norms[:-1],
@@ -245,8 +118,8 @@ def lanczos(
         :class:`LanczosResult` with alphas ``(m,)``, betas ``(m - 1,)``, basis ``(m, dim)`` and
         residual ``(dim,)``.
     """
-    op, dtype = _as_operator(matvec, dim)
-    num_steps = _check_count("num_steps", num_steps, 1, int(dim))
+    op, dtype = as_operator(matvec, dim)
+    num_steps = check_count("num_steps", num_steps, 1, int(dim))
     v0 = _initial_vector(key, int(dim), dtype, v0)
     return _lanczos_jit(op, v0, key, num_steps)
 
@@ -272,8 +145,8 @@ def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
 def _cycle(matvec, basis, proj, norms, key, k, order, start, by_magnitude):
     """Expand to ``m`` Lanczos vectors, then thick-restart on the ``keep`` Ritz pairs at the wanted end."""
     m = proj.shape[0]
-    matvec = _hoisted(matvec, basis.shape[1], basis.dtype, basis.size * basis.dtype.itemsize)
-    basis, proj, norms = _iterate(matvec, basis, proj, norms, key, start, m)
+    matvec = hoisted(matvec, basis.shape[1], basis.dtype, basis.size * basis.dtype.itemsize)
+    basis, proj, norms = iterate(matvec, basis, proj, norms, key, start, m)
     theta, vectors = jnp.linalg.eigh(proj)
     # `order` (an argument, so that every `which` shares one compiled program) picks the wanted
     # pairs first, then the extra ones kept for the restart.
@@ -335,7 +208,7 @@ def eigsh(
     Returns:
         :class:`EigshResult` with eigenvalues ``(k,)``, eigenvectors ``(dim, k)`` and residuals ``(k,)``.
     """
-    op, dtype = _as_operator(matvec, dim)
+    op, dtype = as_operator(matvec, dim)
     dim = int(dim)
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k < dim:
         raise ValueError(
@@ -344,16 +217,16 @@ def eigsh(
     k = int(k)
     if which not in WHICH:
         raise ValueError(f"unknown which {which!r}; valid names: {', '.join(WHICH)}")
-    m = _default_steps(k, dim) if num_steps is None else _check_count("num_steps", num_steps, k + 1, dim)
+    m = _default_steps(k, dim) if num_steps is None else check_count("num_steps", num_steps, k + 1, dim)
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol!r}")
-    max_restarts = _check_count("max_restarts", max_restarts, 0, 10**9)
+    max_restarts = check_count("max_restarts", max_restarts, 0, 10**9)
     keep = k + (m - k) // 2
     order = jnp.asarray(_wanted_order(which, m, k, keep))
     by_magnitude = jnp.asarray(which == "LM")
 
     key, sub = jax.random.split(key)
-    basis, proj, norms = _start(_initial_vector(sub, dim, dtype, None), m)
+    basis, proj, norms = start_basis(_initial_vector(sub, dim, dtype, None), m)
     start = 0
     for _ in range(max_restarts + 1):
         key, sub = jax.random.split(key)

@@ -42,7 +42,7 @@ jax.config.update("jax_enable_x64", True)
 
 import analysis  # noqa: E402
 from benchmarks._timing import block, median_time, peak_rss_bytes, print_table, write_json  # noqa: E402
-from fflab import checkpoint, data, losses, mlp  # noqa: E402
+from fflab import checkpoint, data, losses, mlp, train  # noqa: E402
 
 SECTIONS = ("a", "b", "c", "d")
 DTYPES = ("float64", "float32")
@@ -794,17 +794,15 @@ def section_c(
 
 
 def adam_steps(loss_fn, params, x, y, *, steps: int = 200, learning_rate: float = 1e-2):
-    """``params`` after ``steps`` full-batch Adam steps on ``loss_fn(params, x, y)``, in one compiled scan."""
+    """``params`` after ``steps`` full-batch Adam steps on ``loss_fn(params, x, y)`` (:func:`fflab.train.fit`
+    with one mini-batch of all samples per epoch)."""
     import optax
 
     opt = optax.adam(learning_rate)
-
-    def step(carry, _):
-        p, s = carry
-        u, s = opt.update(jax.grad(loss_fn)(p, x, y), s, p)
-        return (optax.apply_updates(p, u), s), None
-
-    return jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), length=steps)[0][0])(params)
+    state = train.init_state(params, opt, key=0)
+    result = train.fit(state, opt, (x, y), loss_fn=loss_fn, epochs=steps, batch_size=len(x), eval_every=steps,
+                       progress=False)
+    return result.state.params
 
 
 def slq_accuracy(*, dtype: str = "float64", num_probes: int = 20, num_deflate: int = 20, seeds=range(5)):

@@ -1,17 +1,18 @@
-"""One module per lecture figure; this package is their registry.
+"""One script per lecture figure; this package is their registry.
 
-``describe()`` lists them, ``run(names, quick=...)`` runs them, ``report(out_dir)`` writes the gallery.
+``describe()`` lists them without importing any (no JAX), ``run(names, quick=...)`` runs them, ``report(out_dir)``
+writes the gallery. ``fflab list/run/report`` reach the experiments only through these three functions.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import importlib
-import json
 import time
 from pathlib import Path
 
 from experiments import _common
+from fflab.files import FolderLock, jsonable, read_json, write_json
 
 __all__ = ["NAMES", "describe", "load", "report", "run"]
 
@@ -20,11 +21,14 @@ NAMES = (
     "activations",
     "linear_collapse",
     "mnist_mlp",
+    "overfitting",
     "sparsity",
     "backprop",
     "tiny_example",
     "optimizers",
+    "minibatch_noise",
     "saddle_points",
+    "minima_saddles",
     "scaling_symmetry",
     "signal_propagation",
     "initialization",
@@ -32,54 +36,60 @@ NAMES = (
     "batchnorm",
     "transformations",
     "hessian_spectrum",
-    "spectral_density",
     "newton_eigen",
+    "newton_cost",
+    "spectral_density",
     "landscape",
+    "edge_of_stability",
 )
+_HERE = Path(__file__).parent
+COMPLETED = ".completed.json"  # in the output folder: the experiments that finished there, and their configs
 
 
 def available() -> list[str]:
     """Registered experiments whose module exists in this checkout, in lecture order."""
-    here = Path(__file__).parent
-    return [name for name in NAMES if (here / f"{name}.py").exists()]
+    return [name for name in NAMES if (_HERE / f"{name}.py").exists()]
+
+
+def _check(name: str) -> None:
+    if name not in available():
+        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(available())}")
 
 
 def load(name: str):
     """Import the experiment module ``name``; ValueError listing the valid names otherwise."""
-    if name not in available():
-        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(available())}")
+    _check(name)
     return importlib.import_module(f"experiments.{name}")
 
 
+def _constant(name: str, field: str, default=""):
+    """A literal module constant (``DESCRIPTION``, ``SLIDE``, ``PAPERS``) read from the source, not imported."""
+    for node in ast.parse((_HERE / f"{name}.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == field for t in node.targets):
+            return ast.literal_eval(node.value)
+    return default
+
+
 def describe() -> list[tuple[str, str]]:
-    """``(name, one-line description)`` for every experiment."""
-    return [(name, load(name).DESCRIPTION) for name in available()]
+    """``(name, one-line description)`` for every experiment, read without importing them."""
+    return [(name, _constant(name, "DESCRIPTION")) for name in available()]
 
 
 def _expand(names) -> list[str]:
-    names = list(names) or ["all"]
     out = []
-    for name in names:
+    for name in list(names) or ["all"]:
         for item in available() if name == "all" else [name]:
-            load(item)  # validates the name before anything runs
+            _check(item)  # validates every name before anything runs
             if item not in out:
                 out.append(item)
     return out
-
-
-COMPLETED = ".completed.json"  # in the output folder: the experiments that finished there, and their configs
-
-
-def _config_json(config) -> dict:
-    """``config`` as it reads back from the results JSON (tuples become lists, and so on)."""
-    return json.loads(json.dumps(_common._jsonable(dataclasses.asdict(config))))
 
 
 def _completed(out: Path) -> dict:
     """The record of finished experiments in ``out``; empty if missing or unreadable (it then only costs
     re-running them)."""
     try:
-        record = json.loads((out / COMPLETED).read_text())
+        record = read_json(out / COMPLETED)
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -94,15 +104,17 @@ def _finished_result(name: str, config: dict, out: Path) -> dict | None:
         result = _common.load_results(name, out)
     except (OSError, ValueError):
         return None
-    return result if result.get("config") == config else None
+    return result if isinstance(result, dict) and result.get("config") == config else None
 
 
-def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progress=True,
-        resume=False) -> list[dict]:
+def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progress=True, resume=False,
+        interrupted=None) -> list[dict]:
     """Run experiments by name (``"all"`` for every one) and return their saved results.
 
     Each experiment that finishes (results JSON and figures written) is recorded with its config in
     ``out_dir/.completed.json``, so an interrupted ``fflab run all`` can be continued with ``resume=True``.
+    The output folder is locked while it runs (:class:`fflab.files.FolderLock`): a second run into the same
+    folder fails at once instead of overwriting this one's results.
 
     Args:
         names: experiment names, or ``["all"]``.
@@ -113,35 +125,37 @@ def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progre
         resume: skip an experiment that already finished into ``out_dir`` with the same config; its saved
             result is returned (with ``"skipped": True``) instead. Code changes are not detected: after
             editing an experiment, run it without ``resume``.
+        interrupted: called between experiments; raise from it to stop (the command line's Ctrl-C check).
     """
     from tqdm.auto import tqdm
 
     todo = _expand(names)
     out = Path(out_dir) if out_dir else _common.default_out(quick)
     results = []
-    bar = tqdm(todo, desc="experiments", unit="exp", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        module = load(name)
-        config = _common.configure(
-            module, quick=quick, overrides=_common._known(
-                module, {"dataset": dataset, "data_dir": data_dir}))
-        as_json = _config_json(config)
-        result = _finished_result(name, as_json, out) if resume else None
-        if result is not None:
-            result["skipped"] = True
-        else:
-            start = time.perf_counter()
-            result = module.main(config, out)
-            result["seconds"] = round(time.perf_counter() - start, 2)
-            record = _completed(out)
-            record[name] = {"config": as_json, "seconds": result["seconds"]}
-            _common.write_json(out / COMPLETED, record)
-        results.append(result)
-        held = sum(c["holds"] for c in result.get("claims", []))
-        done = "finished earlier with this config, skipped" if result.get("skipped") else (
-            f"{result['seconds']:.1f} s")
-        bar.write(f"{name}: {held}/{len(result.get('claims', []))} claims hold ({done})")
+    with FolderLock(out, what="results folder"):
+        bar = tqdm(todo, desc="experiments", unit="exp", disable=not progress)
+        for name in bar:
+            bar.set_postfix_str(name)
+            module = load(name)
+            config = _common.configure(module, quick=quick, overrides={"dataset": dataset, "data_dir": data_dir})
+            as_json = jsonable(config)
+            result = _finished_result(name, as_json, out) if resume else None
+            if result is not None:
+                result["skipped"] = True
+            else:
+                start = time.perf_counter()
+                result = module.main(config, out)
+                result["seconds"] = round(time.perf_counter() - start, 2)
+                record = _completed(out)
+                record[name] = {"config": as_json, "seconds": result["seconds"]}
+                write_json(out / COMPLETED, record)
+            results.append(result)
+            held = sum(c["holds"] for c in result.get("claims", []))
+            done = "finished earlier with this config, skipped" if result.get("skipped") else (
+                f"{result['seconds']:.1f} s")
+            bar.write(f"{name}: {held}/{len(result.get('claims', []))} claims hold ({done})")
+            if interrupted is not None:
+                interrupted()
     return results
 
 
@@ -156,11 +170,36 @@ def _rounded(value, digits: int = 4):
     return value
 
 
+def _cell(value) -> str:
+    """A table cell: one line, with ``|`` escaped so that it cannot split the row."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(_rounded(value))
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _table(rows: list[dict], path: Path, kind: str) -> list[str]:
+    """The gallery table of claims (with margins) or checks; a malformed row names the file."""
+    margins = kind == "claims"
+    lines = ["| claim | measured | margin | holds |" if margins else "| check | measured | holds |",
+             "| --- | --- | --- | --- |" if margins else "| --- | --- | --- |"]
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"text", "measured", "holds"} <= set(row):
+            raise ValueError(f"{path}: {kind}[{i}] needs 'text', 'measured' and 'holds', got {row!r:.80}")
+        verdict = "yes" if row["holds"] else "**no**"
+        cells = [_cell(row["text"]), _cell(row["measured"])]
+        if margins:
+            m = row.get("margin")
+            cells.append(f"{m:+.2g}" if isinstance(m, int | float) else "")
+        lines.append("| " + " | ".join([*cells, verdict]) + " |")
+    return lines
+
+
 def report(out_dir=None) -> Path:
     """Write ``out_dir/README.md``: a gallery of every experiment with saved results.
 
-    Each entry shows the figures, the slide it reproduces, and each claim with its measured number and whether
-    it held.
+    Each entry shows the figures, the slide it reproduces, the papers it cites, each claim with its measured
+    number, margin and verdict, and the checks apart.
     """
     out = Path(out_dir) if out_dir else _common.FIGURES
     if not out.is_dir():
@@ -168,9 +207,12 @@ def report(out_dir=None) -> Path:
     lines = [
         "# Gallery",
         "",
-        "Every figure of the lecture *Optimising feed-forward neural networks* (Ole Winther, 2016) as an",
-        "experiment. Each entry: the slide it reproduces, the lecture's claims, the number we measured, and",
-        "whether the claim held. Regenerate everything with `fflab run all`, this page with `fflab report`.",
+        "Every figure of the lecture *Optimising feed-forward neural networks* (Ole Winther, DTU deep learning",
+        "summer camp, 2016) as an experiment. Each entry: the slide it reproduces, the papers it follows, the",
+        "lecture's claims with the number we measured, the margin (how far that number is from flipping the",
+        "verdict, relative to the threshold) and whether the claim held; then the checks (identities and",
+        "sanity checks of the machinery), kept apart from the claims. Regenerate everything with",
+        "`fflab run all`, this page with `fflab report`.",
         "",
     ]
     found = 0
@@ -178,29 +220,34 @@ def report(out_dir=None) -> Path:
         path = out / f"{name}.json"
         if not path.exists():
             continue
+        payload = read_json(path)
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path}: expected a JSON object with claims, got {type(payload).__name__}")
         found += 1
-        with open(path) as f:
-            payload = json.load(f)
-        module = load(name)
-        lines += [f"## {name}", "", f"*Slide:* {module.SLIDE}  ", f"*What:* {module.DESCRIPTION}", ""]
-        lines += [f"Command: `fflab run {name}`"]
-        config = payload.get("config", {})
-        if config.get("dataset"):
-            lines[-1] += f" (data set: `{config['dataset']}`)"
-        lines.append("")
+        lines += [f"## {name}", "", f"*Slide:* {_constant(name, 'SLIDE')}  ",
+                  f"*What:* {_constant(name, 'DESCRIPTION')}  "]
+        papers = _constant(name, "PAPERS", {})
+        if papers:
+            lines.append("*Papers:* " + "; ".join(f"[{k}]({v})" if v else k for k, v in papers.items()) + "  ")
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        data = f" (data set: `{config['dataset']}`)" if config.get("dataset") else ""
+        lines += [f"*Command:* `fflab run {name}`{data}", ""]
         for png in sorted(out.glob(f"{name}*.png")):
             if png.stem == name or png.stem.startswith(f"{name}_"):
                 lines += [f"![{png.stem}]({png.name})", ""]
-        lines += ["| claim | measured | holds |", "| --- | --- | --- |"]
-        for c in payload.get("claims", []):
-            value = _rounded(c["measured"])
-            measured = json.dumps(value) if not isinstance(value, str) else value
-            lines.append(f"| {c['text']} | {measured} | {'yes' if c['holds'] else '**no**'} |")
+        for kind in ("claims", "checks"):
+            rows = payload.get(kind) or []
+            if not isinstance(rows, list):
+                raise ValueError(f"{path}: '{kind}' must be a list, got {type(rows).__name__}")
+            if rows:
+                lines += [*_table(rows, path, kind), ""]
         if payload.get("notes"):
-            lines += ["", payload["notes"]]
-        lines.append("")
+            lines += [str(payload["notes"]), ""]
     if not found:
         raise ValueError(f"no experiment results in {str(out)!r}: run `fflab run all` first")
     path = out / "README.md"
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    from fflab.files import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path

@@ -1,8 +1,10 @@
 """The ``fflab`` command line.
 
 ``fflab train`` trains an MLP classifier and writes ``RUN_DIR/metrics.json`` and ``RUN_DIR/checkpoint.npz``;
-``fflab list``, ``fflab run`` and ``fflab report`` drive the lecture's experiments (:mod:`experiments`).
-Bad arguments or data print one line on stderr and exit with status 2, without a traceback.
+``fflab list``, ``fflab run`` and ``fflab report`` drive the lecture's experiments through their lazy
+registry (:mod:`experiments`). Bad arguments or data print one line on stderr and exit with status 2,
+without a traceback; Ctrl-C exits with status 130 and says what can be resumed. Help, ``list`` and argument
+errors answer without loading JAX.
 
 Examples::
 
@@ -15,44 +17,25 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["DATASET_DEFAULTS", "DEFAULTS", "build_parser", "main"]
+from fflab import options
+from fflab.errors import USER_ERRORS, UsageError, one_line
+from fflab.runs import CHECKPOINT, DATASET_DEFAULTS, DEFAULTS, METRICS
 
-# The default recipe: the lecture's 225-144 relu net, momentum SGD (0.9) with a cosine-annealed learning rate
-# and a little weight decay, 50 epochs. Measured: 10.0% test error on fashion-mnist.
-DEFAULTS = {
-    "hidden": (225, 144),
-    "activation": "relu",
-    "init": "glorot_relu",
-    "optimizer": "momentum",
-    "lr": 0.05,
-    "schedule": "cosine",
-    "momentum": 0.9,
-    "batch_size": 100,
-    "epochs": 50,
-    "weight_decay": 5e-4,
-    "clip": None,
-    "seed": 0,
-    "validation": 0,
-    "norm": None,
-}
-# Per data set changes to the recipe. digits has only 1,437 training images, 14 steps of 100 per epoch: it
-# needs more epochs, and a larger step and decay to regularise as much in 1,400 steps as fashion-mnist gets
-# in 30,000 (with lr 0.05 and decay 5e-4 it stays at 2.2-2.8% even after 500 epochs; this gives 1.9-2.2%).
-DATASET_DEFAULTS = {"digits": {"epochs": 100, "lr": 0.1, "weight_decay": 1e-3}}
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.json"
-# Settings that may differ when resuming: where the data live.
-_RESUME_FREE = ("data_dir",)
+__all__ = ["build_parser", "main"]
 
-
-class UsageError(Exception):
-    """A one-line user-facing error; ``main`` prints it and exits with status 2."""
+# Settings that may differ when resuming: where the data live, how often to evaluate.
+_RESUME_FREE = ("data_dir", "eval_every")
+_MAX_SEED = 2**32 - 1
+_MAX_WIDTH = 2**24
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,34 +45,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _int_at_least(low: int):
-    """An argparse type: an integer ``>= low``, with a one-line message otherwise."""
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]``, with a one-line message otherwise."""
     what = "a positive integer" if low == 1 else f"an integer >= {low}"
+    if high is not None:
+        what += f" up to {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
+        if value is None or value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
-    parse.__name__ = "positive integer" if low == 1 else f"integer >= {low}"
+    parse.__name__ = what
     return parse
 
 
-_positive_int = _int_at_least(1)
-_nonnegative_int = _int_at_least(0)
-
-
 def _finite_float(text: str) -> float:
+    """A number that stays finite in float32, where training runs."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a finite float32 number, got {text!r}")
     return value
 
 
@@ -103,15 +85,13 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive widths such as 225,144, got {text!r}"
         ) from None
-    if min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
+    if min(sizes) < 1 or max(sizes) > _MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"hidden widths must lie in 1..{_MAX_WIDTH}, got {text!r}")
     return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fflab`` argument parser with its subcommands."""
-    from fflab import init, mlp, train
-
     parser = _Parser(
         prog="fflab", description="Train feed-forward networks and reproduce the lecture's figures."
     )
@@ -125,27 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
         "weight decay 5e-4, batch 100, 50 epochs; on digits lr 0.1, weight decay 1e-3, 100 epochs), or, "
         "with --resume, the checkpoint's settings.",
     )
-    t.add_argument("--dataset", required=True, help="digits, mnist, fashion-mnist or synthetic")
+    t.add_argument("--dataset", required=True, help=", ".join(options.DATASETS))
     t.add_argument("--data-dir", help="folder holding the IDX files of mnist / fashion-mnist")
     t.add_argument(
         "--out", required=True, metavar="RUN_DIR", help="folder for metrics.json and the checkpoint"
     )
-    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    t.add_argument(
+        "--resume", action="store_true",
+        help="continue from RUN_DIR's checkpoint (with a constant schedule, --epochs may extend a finished run)",
+    )
     t.add_argument("--hidden", type=_hidden, help="hidden widths, e.g. 225,144 (default)")
-    t.add_argument("--activation", choices=tuple(mlp.ACTIVATIONS), help="hidden non-linearity (relu)")
-    t.add_argument("--init", choices=tuple(init.SCHEMES), help="weight initialisation (glorot_relu)")
-    t.add_argument("--optimizer", help=f"one of {', '.join(train.OPTIMIZERS)} (momentum)")
+    t.add_argument("--activation", choices=options.ACTIVATIONS, help="hidden non-linearity (relu)")
+    t.add_argument("--init", choices=options.INIT_SCHEMES, help="weight initialisation (glorot_relu)")
+    t.add_argument("--optimizer", help=f"one of {', '.join(options.OPTIMIZERS)} (momentum)")
     t.add_argument("--lr", type=_finite_float, help="peak learning rate (0.05; 0.1 on digits)")
-    t.add_argument("--schedule", help=f"one of {', '.join(train.SCHEDULES)} (cosine)")
+    t.add_argument("--schedule", help=f"one of {', '.join(options.SCHEDULES)} (cosine)")
     t.add_argument("--momentum", type=_finite_float, help="momentum of momentum/nesterov (0.9)")
-    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size (100)")
-    t.add_argument("--epochs", type=_positive_int, help="epochs (50; 100 on digits)")
+    t.add_argument("--batch-size", type=_int_in(1, 2**31 - 1), help="mini-batch size (100)")
+    t.add_argument("--epochs", type=_int_in(1, 10**7), help="epochs (50; 100 on digits)")
     t.add_argument(
         "--weight-decay", type=_finite_float, help="L2 coefficient on weight matrices (5e-4; 1e-3 on digits)"
     )
     t.add_argument("--clip", type=_finite_float, help="clip gradients to this global norm (off)")
-    t.add_argument("--seed", type=_nonnegative_int, help="seed of initialisation and shuffling (0)")
-    t.add_argument("--validation", type=_nonnegative_int, help="hold out N training samples (0)")
+    t.add_argument("--seed", type=_int_in(0, _MAX_SEED), help="seed of initialisation and shuffling (0)")
+    t.add_argument("--validation", type=_int_in(0, 2**31 - 1), help="hold out N training samples (0)")
     norm = t.add_mutually_exclusive_group()
     norm.add_argument(
         "--batchnorm", dest="norm", action="store_const", const="batchnorm",
@@ -156,18 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Raiko-Valpola-LeCun transformations with shortcut connections, re-estimated every step",
     )
     t.add_argument(
-        "--devices", type=_positive_int,
+        "--devices", type=_int_in(1, 2**16),
         help="data-parallel over this many local devices (default: all that divide the batch size)",
     )
-    t.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints (1)")
+    t.add_argument("--checkpoint-every", type=_int_in(1), default=1, help="epochs between checkpoints (1)")
+    t.add_argument(
+        "--eval-every", type=_int_in(1), default=1,
+        help="evaluate the training and test sets every N epochs and after the last (1: the learning curves)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--no-grad-norm", action="store_true",
         help="skip the per-step gradient norms (about 15%% faster; grad_norm is null in metrics.json)",
     )
-    t.set_defaults(
-        handler=_train, interrupted="`fflab train ... --resume` continues from the last checkpoint"
-    )
+    t.set_defaults(handler=_train, interrupted=_train_interrupted)
 
     ls = sub.add_parser("list", help="list the experiments", description="List the lecture's experiments.")
     ls.set_defaults(handler=_list)
@@ -183,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the experiments that already finished into the output folder with the same config",
     )
     r.set_defaults(
-        handler=_run, interrupted="`fflab run ... --resume` skips the experiments that already finished"
+        handler=_run, interrupted=lambda args: "`fflab run ... --resume` skips the experiments that already finished"
     )
 
     rep = sub.add_parser(
@@ -194,94 +179,150 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- interrupts ---
+
+# Ctrl-C is recorded here as well as raised: a KeyboardInterrupt that lands inside a callback whose errors
+# Python ignores (JAX's garbage-collection hook, early in a run) is lost, so the command checks the flag again
+# at every epoch and before it reports success.
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _check_interrupt(*_):
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 # --- train ---
 
-_TRAIN_KEYS = (
-    "hidden",
-    "activation",
-    "init",
-    "optimizer",
-    "lr",
-    "schedule",
-    "momentum",
-    "batch_size",
-    "epochs",
-    "weight_decay",
-    "clip",
-    "seed",
-    "validation",
-    "norm",
-)
+_TRAIN_KEYS = (*DEFAULTS, "eval_every")
 
 
-def _config(args) -> dict:
-    """The run's settings: the checkpoint's with --resume, else the defaults; explicit options on top."""
-    given = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
-    out = Path(args.out)
+def _out_dir(text: str) -> Path:
+    """The run folder, checked before any work: a folder we can write, or one we can create."""
+    if not text.strip():
+        raise UsageError("--out must name a folder, got an empty string")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write to {probe}")
+    return out
+
+
+def _config(args, out: Path) -> tuple[dict, dict]:
+    """The run's settings and, on resume, the checkpoint's metadata."""
+    given = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k, None) is not None}
     ckpt = out / CHECKPOINT
     if args.resume:
         from fflab import checkpoint
 
         if not ckpt.exists():
-            raise UsageError(f"--resume: no checkpoint at {ckpt}")
-        saved = checkpoint.load_metadata(ckpt).get("config") or {}
-        if "hidden" in saved:
-            saved["hidden"] = tuple(saved["hidden"])
+            raise UsageError(f"--resume: no checkpoint at {ckpt}; run again without --resume")
+        meta = checkpoint.load_metadata(ckpt)
+        saved = meta.get("config")
+        if not isinstance(saved, dict) or {*DEFAULTS, "dataset"} - set(saved):
+            raise UsageError(
+                f"--resume: {ckpt} holds no fflab train run config (was it written by train.fit directly?); "
+                "train into a new --out folder"
+            )
+        saved = {**saved, "hidden": tuple(saved["hidden"])}
         for key, value in {"dataset": args.dataset, **given}.items():
-            if key in saved and saved[key] != value:
-                flag = "--" + key.replace("_", "-")
-                if key == "norm":  # --batchnorm / --transform, or neither
-                    flag, value = "--batchnorm/--transform", value or "none"
-                raise UsageError(
-                    f"--resume: {flag} {value} differs from the checkpoint's {saved[key]}; drop {flag} "
-                    f"or train into a new --out folder"
-                )
-        return {**saved, "data_dir": args.data_dir}
+            if key in _RESUME_FREE or saved.get(key) == value:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if key == "epochs" and _extendable(saved, value, meta):
+                continue
+            if key == "norm":  # --batchnorm / --transform, or neither
+                flag, value = "--batchnorm/--transform", value or "none"
+            why = ""
+            if key == "epochs":
+                why = (f"; a {saved['schedule']} schedule is fixed by its length, so only a constant one can be "
+                       "extended" if saved["schedule"] != "constant" else
+                       f"; the run already finished {meta.get('epoch')} epochs")
+            raise UsageError(
+                f"--resume: {flag} {value} differs from the checkpoint's {saved.get(key)}{why}; drop {flag} "
+                f"or train into a new --out folder"
+            )
+        return {**saved, **given, "data_dir": args.data_dir}, meta
     if ckpt.exists():
         raise UsageError(
             f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out"
         )
-    config = {"dataset": args.dataset, "data_dir": args.data_dir, **DEFAULTS}
+    config = {"dataset": args.dataset, "data_dir": args.data_dir, **DEFAULTS, "eval_every": 1}
     config.update(DATASET_DEFAULTS.get(args.dataset, {}))
     config.update(given)
-    return config
+    return config, {}
+
+
+def _extendable(saved: dict, epochs: int, meta: dict) -> bool:
+    """A constant learning rate does not depend on the run's length, so more epochs continue the same run."""
+    return saved["schedule"] == "constant" and epochs >= int(meta.get("epoch", 0))
+
+
+def _check_memory(sizes: list[int], batch_size: int, num_samples: int, norm: str | None) -> None:
+    """Refuse a network whose float32 training state cannot fit in this machine's memory, before allocating."""
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    if norm == "transform":  # shortcuts from every layer to every layer above
+        weights += sum(sizes[j] * sizes[k] for k in range(2, len(sizes)) for j in range(k - 1))
+    # params, gradient, optimiser state, update and the host copy of a checkpoint; activations of a batch.
+    need = 4 * (6 * weights + 4 * batch_size * sum(sizes) + num_samples * sizes[0])
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    if need > have:
+        raise UsageError(
+            f"a {'-'.join(map(str, sizes))} network has {weights:,} weights and needs about "
+            f"{need / 2**30:.1f} GiB to train, more than this machine's {have / 2**30:.1f} GiB; "
+            "choose smaller --hidden widths"
+        )
 
 
 def _train(args) -> int:
-    import jax
-    import jax.numpy as jnp
+    from fflab.files import FolderLock, remove_stale_temporaries
 
-    from fflab import checkpoint, data, mlp, train
-    from fflab import norm as fflab_norm
+    out = _out_dir(args.out)
+    with FolderLock(out):
+        for name in (CHECKPOINT, METRICS):
+            remove_stale_temporaries(out / name)  # left by a run killed while writing them
+        return _train_locked(args, out)
 
-    config = _config(args)
-    out = Path(args.out)
+
+def _train_locked(args, out: Path) -> int:
+    config, meta = _config(args, out)
+    _check_interrupt()
+    import jax  # noqa: F401  (loads here, under the interrupt handler)
+
+    from fflab import checkpoint, data, mlp, runs, train
+
     ds = data.load(
         config["dataset"], data_dir=config["data_dir"], validation=config["validation"], seed=config["seed"]
     )
     n, d = ds.x_train.shape
     if config["batch_size"] > n:
         raise UsageError(f"--batch-size {config['batch_size']} exceeds the {n} training samples")
-    steps = n // config["batch_size"]
-    optimizer = train.make_optimizer(
-        config["optimizer"],
-        config["lr"],
-        schedule=config["schedule"],
-        total_steps=config["epochs"] * steps,
-        momentum=config["momentum"],
-        clip=config["clip"],
-        weight_decay=config["weight_decay"],
-    )
-    init_key, shuffle_key = jax.random.split(jax.random.key(config["seed"]))
-    sizes = [d, *config["hidden"], ds.num_classes]
     norm = config.get("norm")
-    if norm is None:
-        params, model_state = mlp.init(init_key, sizes, init=config["init"], dtype=jnp.float32), ()
-    else:
-        params, model_state = fflab_norm.init(
-            init_key, sizes, norm=norm, init=config["init"], dtype=jnp.float32
+    if norm and not config["hidden"]:
+        raise UsageError(f"--{norm} needs at least one hidden layer (--hidden)")
+    record = {"features": d, "classes": ds.num_classes, "train_samples": n,
+              "fingerprint": data.fingerprint(ds.x_train, ds.y_train), "source": ds.source}
+    if meta and meta.get("data", {}).get("fingerprint") not in (None, record["fingerprint"]):
+        before = meta["data"]
+        raise UsageError(
+            f"--resume: the training data differ from the run's ({before.get('train_samples')} samples from "
+            f"{before.get('source')}, now {n} from {ds.source}); resume with the same data or train into a "
+            "new --out folder"
         )
-    state = train.init_state(params, optimizer, shuffle_key, model_state)
+    sizes = [d, *config["hidden"], ds.num_classes]
+    _check_memory(sizes, config["batch_size"], n, norm)
+    model, optimizer, state = runs.build(config, features=d, classes=ds.num_classes, train_samples=n)
     mesh = _mesh(args.devices, config["batch_size"])
     history = None
     if args.resume:
@@ -294,7 +335,8 @@ def _train(args) -> int:
     )
     print(
         f"training {'-'.join(map(str, sizes))} {config['activation']} MLP{extras} on {config['dataset']} "
-        f"({n} samples, {steps} steps/epoch) for {config['epochs']} epochs into {out}",
+        f"from {ds.source} ({n} samples, {n // config['batch_size']} steps/epoch) for {config['epochs']} "
+        f"epochs into {out}",
         flush=True,
     )
     tic = time.perf_counter()
@@ -304,17 +346,20 @@ def _train(args) -> int:
             state,
             optimizer,
             (ds.x_train, ds.y_train),
+            loss_fn=model.loss_fn,
+            metrics_fn=model.metrics_fn,
             epochs=config["epochs"],
             batch_size=config["batch_size"],
-            activation=config["activation"],
-            norm=norm,
+            eval_every=config["eval_every"],
             mesh=mesh,
             test=(ds.x_test, ds.y_test),
             val=val,
             history=history,
+            callback=_check_interrupt,
             checkpoint_path=out / CHECKPOINT,
             checkpoint_every=args.checkpoint_every,
             config=saved,
+            metadata={"data": record},
             progress=not args.no_progress,
             record_grad_norm=not args.no_grad_norm,
         )
@@ -324,11 +369,12 @@ def _train(args) -> int:
         history = checkpoint.load_metadata(e.checkpoint).get("history", {}) if e.checkpoint else {}
     metrics = {
         "config": saved,
-        "num_params": mlp.num_params(params),
+        "data": record,
+        "num_params": mlp.num_params(state.params),
         "epochs_completed": len(history.get("epoch", [])),
         "test_error": history["test_error"][-1] if history.get("test_error") else None,
         "train_error": history["train_error"][-1] if history.get("train_error") else None,
-        "seconds_per_epoch": _seconds_per_epoch(history.get("seconds", [])),
+        "seconds_per_epoch": _seconds_per_epoch(history.get("train_seconds", [])),
         "wall_seconds_this_session": time.perf_counter() - tic,
         "checkpoint": CHECKPOINT,
         "history": history,
@@ -337,13 +383,16 @@ def _train(args) -> int:
         metrics["val_error"] = history["val_error"][-1]
     if error is not None:
         metrics["error"] = str(error)
-    _write_json(out / METRICS, metrics)
+    from fflab.files import write_json
+
+    write_json(out / METRICS, metrics)
     if error is not None:
         raise error
+    _check_interrupt()
     val_text = f", validation error {metrics['val_error']:.2f}%" if "val_error" in metrics else ""
     print(
         f"test error {metrics['test_error']:.2f}%{val_text} after {metrics['epochs_completed']} epochs "
-        f"({metrics['seconds_per_epoch']:.2f} s/epoch); wrote {out / METRICS}"
+        f"({metrics['seconds_per_epoch']:.2f} s/epoch of training); wrote {out / METRICS}"
     )
     return 0
 
@@ -355,8 +404,6 @@ def _mesh(devices: int | None, batch_size: int):
     """
     import jax
 
-    from fflab import train
-
     available = jax.device_count()
     if devices is None:
         devices = max(k for k in range(1, available + 1) if batch_size % k == 0)
@@ -364,39 +411,35 @@ def _mesh(devices: int | None, batch_size: int):
         raise UsageError(f"--devices {devices}: only {available} {jax.devices()[0].platform} device(s) here")
     elif batch_size % devices:
         raise UsageError(f"--batch-size {batch_size} must be divisible by --devices {devices}")
-    return train.data_mesh(devices) if devices > 1 else None
+    if devices == 1:
+        return None
+    import numpy as np
+
+    return jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",))
 
 
 def _seconds_per_epoch(seconds: list[float]) -> float | None:
-    """Mean wall time per epoch, leaving out the first epoch (it also compiles) when there are others."""
+    """Mean training time per epoch, leaving out the first epoch (it also compiles) when there are others."""
     steady = seconds[1:] or seconds
     return sum(steady) / len(steady) if steady else None
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    from fflab import checkpoint
-
-    # NaN / inf are not JSON; a run that diverged says so in "error" instead.
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-
-    text = json.dumps(clean(payload), indent=1)
-    checkpoint._atomic_write(path, lambda f: f.write(text.encode()))
+def _train_interrupted(args) -> str:
+    ckpt = Path(args.out) / CHECKPOINT if args.out.strip() else None
+    if ckpt is not None and ckpt.exists():
+        return f"`fflab train ... --out {args.out} --resume` continues from the last checkpoint"
+    return "no checkpoint was written yet, so there is nothing to resume: run the same command again"
 
 
-# --- experiments ---
+# --- experiments (reached only through their lazy registry) ---
+
+
+def _experiments():
+    return importlib.import_module("experiments")
 
 
 def _list(args) -> int:
-    import experiments
-
-    rows = experiments.describe()
+    rows = _experiments().describe()
     width = max((len(name) for name, _ in rows), default=0)
     for name, description in rows:
         print(f"{name:<{width}}  {description}")
@@ -404,54 +447,44 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    import experiments
-
-    experiments.run(
+    _experiments().run(
         args.names,
         quick=args.quick,
         dataset=args.dataset,
         data_dir=args.data_dir,
         out_dir=args.out,
         resume=args.resume,
+        interrupted=_check_interrupt,
     )
     return 0
 
 
 def _report(args) -> int:
-    import experiments
-
-    path = experiments.report(args.out)
+    path = _experiments().report(args.out)
     print(f"wrote {path}")
     return 0
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean bad input or data: a command line reports them with :func:`one_line` and
-    exits with status 2, without a traceback (``fflab`` and ``python -m experiments.NAME`` alike)."""
-    from fflab import data, train
-
-    # ValueError covers bad names and numbers and fflab.checkpoint.CheckpointError.
-    return (UsageError, ValueError, data.DataError, train.NonFiniteLossError, OSError)
-
-
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line (a data error lists the places it searched over several)."""
-    return " ".join(str(err).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fflab`` console script; returns the exit status (0 ok, 2 bad input, 130 ^C)."""
+    global _interrupted
+    _interrupted = False
+    previous = signal.signal(signal.SIGINT, _on_sigint)
     args = None
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
-    except user_errors() as e:
-        print(f"fflab: error: {one_line(e)}", file=sys.stderr)
+        status = args.handler(args)
+        _check_interrupt()
+        return status
     except KeyboardInterrupt:
         hint = getattr(args, "interrupted", None)
-        print(f"fflab: interrupted; {hint}" if hint else "fflab: interrupted", file=sys.stderr)
+        print(f"fflab: interrupted; {hint(args)}" if hint else "fflab: interrupted", file=sys.stderr)
         return 130
-    return 2
+    except USER_ERRORS as e:
+        print(f"fflab: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import contextlib
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import tempfile
 import urllib.error
@@ -33,6 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fflab import options
+from fflab.errors import DataError
+
 __all__ = [
     "CHECKSUMS",
     "FILES",
@@ -43,13 +47,14 @@ __all__ = [
     "Dataset",
     "batch_indices",
     "cache_dir",
+    "fingerprint",
     "load",
     "permutation",
     "read_idx",
     "shuffle",
 ]
 
-NAMES = ("digits", "mnist", "fashion-mnist", "synthetic")
+NAMES = options.DATASETS
 
 # The four IDX files of MNIST and Fashion-MNIST: train images, train labels, test images, test labels.
 FILES = (
@@ -105,10 +110,6 @@ _LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dim (n,)
 _MAGIC_NAMES = {_IMAGES_MAGIC: "images (3-dim unsigned byte)", _LABELS_MAGIC: "labels (1-dim unsigned byte)"}
 
 
-class DataError(Exception):
-    """A data set is missing, corrupt or could not be downloaded; the message is one line meant for users."""
-
-
 class Dataset(NamedTuple):
     """A classification data set as numpy arrays.
 
@@ -118,6 +119,7 @@ class Dataset(NamedTuple):
         num_classes: number of classes.
         image_shape: ``(28, 28)``, ``(8, 8)``, or ``(d,)`` for non-image data; ``prod(image_shape) == d``.
         name: the data set's name as passed to :func:`load`.
+        source: where the data came from: the folder of the IDX files, or ``scikit-learn`` / ``synthetic``.
     """
 
     x_train: np.ndarray
@@ -129,6 +131,7 @@ class Dataset(NamedTuple):
     num_classes: int
     image_shape: tuple
     name: str
+    source: str = ""
 
 
 def load(
@@ -177,6 +180,19 @@ def load(
     return _split_validation(ds, validation, seed)
 
 
+def fingerprint(*arrays) -> str:
+    """A SHA-256 over the shapes, dtypes and bytes of ``arrays``: equal only for the same data.
+
+    ``fflab train`` records it for the training set and refuses to ``--resume`` on other data.
+    """
+    digest = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape};".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
 def cache_dir(name: str | None = None) -> Path:
     """The download cache: ``$XDG_CACHE_HOME/fflab`` or ``~/.cache/fflab``, with ``/<name>`` if given."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -202,6 +218,7 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
         DataError: naming the file and what is wrong with it.
     """
     path = Path(path)
+    gzipped = False
     try:
         with open(path, "rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"
@@ -233,7 +250,7 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dims need {header})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow for absurd headers
     payload = len(raw) - header
     if payload != expected:
         what = "truncated" if payload < expected else "trailing bytes after the data"
@@ -357,7 +374,7 @@ def _load_digits() -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int32)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    return Dataset(x_tr, y_tr, x_te, y_te, *_empty(x.shape[1]), 10, (8, 8), "digits")
+    return Dataset(x_tr, y_tr, x_te, y_te, *_empty(x.shape[1]), 10, (8, 8), "digits", "scikit-learn")
 
 
 _SYNTHETIC_DEFAULTS = {
@@ -393,7 +410,9 @@ def _load_synthetic(seed: int, **options) -> Dataset:
     rng = np.random.default_rng(seed)
     x = rng.random((n_train + n_test, dim), dtype=np.float32)
     y = np.argmax(logits(x) + b2, axis=1).astype(np.int32)
-    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], *_empty(dim), k, (dim,), "synthetic")
+    return Dataset(
+        x[:n_train], y[:n_train], x[n_train:], y[n_train:], *_empty(dim), k, (dim,), "synthetic", "synthetic"
+    )
 
 
 def _search_dirs(name: str, data_dir) -> list[tuple[str, Path]]:
@@ -436,6 +455,19 @@ def _load_idx_dataset(
     timeout: float = 60.0,
 ) -> Dataset:
     places = _search_dirs(name, data_dir)
+    if data_dir is not None:
+        # An explicit folder is what the user means: never fall back to another copy without a word.
+        folders = [folder for label, folder in places if label == "data_dir"]
+        for folder in folders:
+            paths = [_find_file(folder, f) for f in FILES]
+            if all(paths):
+                return _parse_idx_files(name, paths)
+        found = max(folders, key=lambda f: sum(_find_file(f, g) is not None for g in FILES))
+        missing = [g for g in FILES if _find_file(found, g) is None]
+        where = " or ".join(str(f) for f in folders)
+        if not Path(data_dir).expanduser().is_dir():
+            raise DataError(f"--data-dir {data_dir}: no such folder")
+        raise DataError(f"{name} not found in --data-dir {where}: missing {', '.join(missing)} (gzipped or not)")
     searched = []
     for label, folder in places:
         paths = [_find_file(folder, f) for f in FILES]
@@ -525,12 +557,15 @@ def _parse_idx_files(name: str, paths: list[Path]) -> Dataset:
         raise DataError(f"{train_x} has {x_tr.shape[1:]} images but {test_x} has {x_te.shape[1:]}")
     image_shape = tuple(int(s) for s in x_tr.shape[1:])
 
+    d = math.prod(image_shape)
+    if x_tr.shape[0] == 0:
+        raise DataError(f"{train_x} holds no images: the training set is empty")
+
     def flat(images):
-        out = images.reshape(images.shape[0], -1).astype(np.float32)
+        out = images.reshape(images.shape[0], d).astype(np.float32)
         out /= 255.0  # in place: avoids a second 188 MB temporary for the 60k training images
         return out
 
-    d = int(np.prod(image_shape))
     return Dataset(
         flat(x_tr),
         y_tr.astype(np.int32),
@@ -540,4 +575,5 @@ def _parse_idx_files(name: str, paths: list[Path]) -> Dataset:
         10,
         image_shape,
         name,
+        str(Path(train_x).parent),
     )

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fflab import options
+
 __all__ = ["SCHEMES", "flat_draw", "std", "weights"]
 
 SPARSE_CONNECTIONS = 15
@@ -78,8 +80,7 @@ SCHEMES: dict[str, Callable] = {
 
 
 def _check(name: str) -> None:
-    if name not in SCHEMES:
-        raise ValueError(f"unknown init scheme {name!r}; valid names: {', '.join(SCHEMES)}")
+    options.check("init scheme", name, SCHEMES)
 
 
 def std(name: str, n_in: int, n_out: int, *, scale: float = 1.0) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["cross_entropy", "error_rate", "l2", "mse", "nll"]
 
@@ -29,11 +30,28 @@ def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
         )
 
 
+def _check_label_range(labels: jax.Array, classes: int) -> None:
+    """Raise for integer labels outside ``0..classes-1`` when they are concrete (not under ``jit``)."""
+    if isinstance(labels, jax.core.Tracer) or labels.size == 0:
+        return
+    host = np.asarray(labels)  # numpy, so that no JAX op is traced inside a caller's jit
+    low, high = int(host.min()), int(host.max())
+    if low < 0 or high >= classes:
+        raise ValueError(f"labels must lie in 0..{classes - 1} for {classes} classes, got values {low}..{high}")
+
+
 def nll(log_probs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean negative log-likelihood ``-mean_n sum_k y_nk log p_nk`` given log-probabilities."""
+    """Mean negative log-likelihood ``-mean_n sum_k y_nk log p_nk`` given log-probabilities.
+
+    Integer labels outside ``0..classes-1`` raise ``ValueError`` on concrete arrays and make the loss NaN
+    under ``jit`` (never a silent wrap-around such as -1 read as the last class).
+    """
     _check_logits_labels(log_probs, labels)
     if labels.ndim == 1:
-        picked = jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+        classes = log_probs.shape[1]
+        _check_label_range(labels, classes)
+        picked = jnp.take_along_axis(log_probs, jnp.clip(labels, 0, classes - 1)[:, None], axis=1)[:, 0]
+        picked = jnp.where((labels >= 0) & (labels < classes), picked, jnp.nan)
         return -jnp.mean(picked)
     return -jnp.mean(jnp.sum(labels * log_probs, axis=1))
 
@@ -71,5 +89,7 @@ def l2(params, *, weights_only: bool = True) -> jax.Array:
 def error_rate(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose arg-max class differs from the label (0 to 1)."""
     _check_logits_labels(logits, labels)
+    if labels.ndim == 1:
+        _check_label_range(labels, logits.shape[1])
     target = labels if labels.ndim == 1 else jnp.argmax(labels, axis=1)
     return jnp.mean(jnp.argmax(logits, axis=1) != target)

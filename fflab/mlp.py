@@ -13,21 +13,23 @@ import jax
 import jax.numpy as jnp
 
 from fflab import init as _init
+from fflab import options
 
-__all__ = ["ACTIVATIONS", "activation_fn", "apply", "init", "num_params"]
-
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "identity": lambda z: z,
-}
+__all__ = ["ACTIVATIONS", "activation_fn", "apply", "forward", "init", "num_params"]
 
 
-def activation_fn(name: str):
-    """The element-wise non-linearity called ``name`` (one of :data:`ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+def _identity(z):
+    return z
+
+
+ACTIVATIONS = dict(zip(options.ACTIVATIONS, (jax.nn.relu, jnp.tanh, jax.nn.sigmoid, _identity), strict=True))
+
+
+def activation_fn(name):
+    """The element-wise non-linearity called ``name`` (one of :data:`ACTIVATIONS`); a callable passes through."""
+    if callable(name):
+        return name
+    options.check("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name]
 
 
@@ -59,6 +61,42 @@ def init(
     ]
 
 
+def forward(
+    params: Sequence[dict[str, jax.Array]],
+    x: jax.Array,
+    *,
+    activation: str = "relu",
+    shifts: Sequence[jax.Array] | None = None,
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Every layer's signals: pre-activations ``z_l = h_{l-1} W_l + b_l (+ shifts[l])`` and ``h_l = f(z_l)``.
+
+    Args:
+        params: layers from :func:`init`, ``L`` of them.
+        x: inputs of shape ``(batch, n_in)`` or ``(n_in,)``.
+        activation: hidden non-linearity (a name from :data:`ACTIVATIONS`).
+        shifts: optional arrays added to each ``z_l``; differentiating at zero shifts gives the
+            back-propagated signals ``dC/dz_l`` (see :func:`fflab.signals.gradient_stats`).
+
+    Returns:
+        ``(pre, hidden)``: ``[z_1, ..., z_L]`` (``z_L`` are the logits) and ``[h_1, ..., h_{L-1}]``.
+    """
+    f = activation_fn(activation)
+    n_in = params[0]["W"].shape[0]
+    if x.shape[-1] != n_in:
+        raise ValueError(f"input has {x.shape[-1]} features, the first layer expects {n_in}")
+    pre, hidden = [], []
+    h = x
+    for i, layer in enumerate(params):
+        z = h @ layer["W"] + layer["b"]
+        if shifts is not None:
+            z = z + shifts[i]
+        pre.append(z)
+        if i < len(params) - 1:
+            h = f(z)
+            hidden.append(h)
+    return pre, hidden
+
+
 def apply(
     params: Sequence[dict[str, jax.Array]],
     x: jax.Array,
@@ -77,17 +115,8 @@ def apply(
     Returns:
         Logits of shape ``(batch, n_out)``, or ``(logits, hidden)`` with ``return_hidden=True``.
     """
-    f = activation_fn(activation)
-    n_in = params[0]["W"].shape[0]
-    if x.shape[-1] != n_in:
-        raise ValueError(f"input has {x.shape[-1]} features, the first layer expects {n_in}")
-    hidden = []
-    h = x
-    for layer in params[:-1]:
-        h = f(h @ layer["W"] + layer["b"])
-        hidden.append(h)
-    logits = h @ params[-1]["W"] + params[-1]["b"]
-    return (logits, hidden) if return_hidden else logits
+    pre, hidden = forward(params, x, activation=activation)
+    return (pre[-1], hidden) if return_hidden else pre[-1]
 
 
 def num_params(params) -> int:

@@ -8,14 +8,18 @@ Two ways of making plain gradient descent behave more like Newton's method, both
 - ``transform`` [Raiko, Valpola & LeCun 2012; Vatanen, Raiko, Valpola & LeCun 2013]: each hidden unit's
   non-linearity is shifted and sloped, ``g(z) = f(z) - alpha z - beta``, so that its output and its slope
   average zero over the data; shortcut connections from every layer's input to every layer above carry the
-  linear part. :func:`transform_update` re-estimates ``alpha`` and ``beta`` during training and changes the
+  linear part. :func:`transform_update` re-estimates ``alpha`` and ``beta`` during training and shifts the
   shortcut weights and biases so that the network computes exactly the same function: the transformation
   changes the optimisation, not the model.
 
 Layouts. ``batchnorm`` hidden layers are ``{"W", "gamma", "beta"}`` (no bias: ``beta`` plays its part, and a
-redundant bias would add an exact zero direction to the Hessian); the output layer is ``{"W", "b"}``.
-``transform`` layer ``k`` is ``{"W", "b", "C"}`` where ``C[j]`` is the shortcut from source ``j`` (``x`` for
-``j = 0``, the ``j``-th transformed hidden layer otherwise) for every ``j < k``.
+redundant bias would add an exact zero direction to the Hessian); the output layer is ``{"W", "b"}``; the
+state is a tuple of :class:`BatchNormState`, one per hidden layer. ``transform`` layer ``k`` is
+``{"W", "b", "C"}`` where ``C[j]`` is the shortcut from source ``j`` (``x`` for ``j = 0``, the ``j``-th
+transformed hidden layer otherwise) for every ``j < k``; the state is one :class:`TransformState` holding
+``alpha`` and ``beta`` and the ``shift`` that :func:`transform_update` adds to ``b`` and ``C`` to keep the
+function. The network computes with ``params + shift``: the parameters belong to the optimiser, the state
+to the re-estimation, so training takes the stateful loss form of :func:`fflab.train.fit`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fflab import mlp
+from fflab import mlp, options
 
 __all__ = [
     "NORMS",
@@ -39,7 +43,7 @@ __all__ = [
     "transform_update",
 ]
 
-NORMS = ("batchnorm", "transform")
+NORMS = options.NORMS
 
 
 class BatchNormState(NamedTuple):
@@ -50,15 +54,22 @@ class BatchNormState(NamedTuple):
 
 
 class TransformState(NamedTuple):
-    """Slope ``alpha`` and offset ``beta`` removed from one layer's non-linearity."""
+    """The transformations of a ``transform`` network.
 
-    alpha: jax.Array
-    beta: jax.Array
+    Attributes:
+        alpha, beta: one ``(n_k,)`` array per hidden layer: the slope and offset removed from its
+            non-linearity.
+        shift: one ``{"b", "C"}`` dict per layer, shaped like that layer's ``b`` and ``C``: what
+            :func:`transform_update` added to keep the function; the network computes with ``params + shift``.
+    """
+
+    alpha: tuple
+    beta: tuple
+    shift: tuple
 
 
 def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid names: {', '.join(NORMS)}")
+    options.check("norm", norm, NORMS)
 
 
 def batchnorm_init(num_features: int, dtype=None) -> tuple[dict, BatchNormState]:
@@ -108,7 +119,7 @@ def batchnorm(
 def init(
     key: jax.Array, sizes: Sequence[int], *, norm: str, init: str = "glorot_relu", scale: float = 1.0,
     dtype=None,
-) -> tuple[list[dict], tuple]:
+) -> tuple[list[dict], tuple | TransformState]:
     """Initialise an MLP with a normalising transformation.
 
     Args:
@@ -118,7 +129,8 @@ def init(
         init, scale: weight scheme of :func:`fflab.mlp.init` (shortcut weights start at zero).
 
     Returns:
-        ``(params, state)``: a list of layer dicts and a tuple with one state per hidden layer.
+        ``(params, state)``: a list of layer dicts, and a tuple of :class:`BatchNormState` (one per hidden
+        layer) or a :class:`TransformState` (zero slopes, offsets and shift: the plain network).
     """
     _check_norm(norm)
     if len(sizes) < 3:
@@ -136,8 +148,10 @@ def init(
     for k, layer in enumerate(params):
         layer["C"] = [jnp.zeros((sizes[j], sizes[k + 1]), dtype) for j in range(k)]
     # alpha = beta = 0 is the plain network; transform_update moves it to the data's statistics.
-    states = tuple(TransformState(jnp.zeros((n,), dtype), jnp.zeros((n,), dtype)) for n in hidden)
-    return params, states
+    zeros = tuple(jnp.zeros((n,), dtype) for n in hidden)
+    shift = tuple({"b": jnp.zeros_like(layer["b"]), "C": [jnp.zeros_like(c) for c in layer["C"]]}
+                  for layer in params)
+    return params, TransformState(zeros, zeros, shift)
 
 
 def _derivative(f, z):
@@ -145,8 +159,16 @@ def _derivative(f, z):
     return jax.jvp(f, (z,), (jnp.ones_like(z),))[1]
 
 
-def _transform_forward(params, state, x, f):
-    """Forward pass of the transformed network; returns logits and every hidden pre-activation."""
+def _shifted(params, state: TransformState) -> list[dict]:
+    """The parameters the transformed network computes with: ``params`` plus the state's shift."""
+    return [
+        {"W": layer["W"], "b": layer["b"] + s["b"], "C": [c + d for c, d in zip(layer["C"], s["C"], strict=True)]}
+        for layer, s in zip(params, state.shift, strict=True)
+    ]
+
+
+def _transform_forward(params, state: TransformState, x, f):
+    """Forward pass with already-shifted ``params``; returns logits and every hidden pre-activation."""
     sources, pre = [x], []
     for k, layer in enumerate(params):
         z = sources[-1] @ layer["W"] + layer["b"]
@@ -155,8 +177,7 @@ def _transform_forward(params, state, x, f):
         if k == len(params) - 1:
             return z, pre
         pre.append(z)
-        s = state[k]
-        sources.append(f(z) - s.alpha * z - s.beta)
+        sources.append(f(z) - state.alpha[k] * z - state.beta[k])
 
 
 def apply(
@@ -181,7 +202,7 @@ def apply(
     if x.ndim != 2 or x.shape[1] != params[0]["W"].shape[0]:
         raise ValueError(f"expected inputs of shape (batch, {params[0]['W'].shape[0]}), got {x.shape}")
     if norm == "transform":
-        logits, _ = _transform_forward(params, state, x, f)
+        logits, _ = _transform_forward(_shifted(params, state), state, x, f)
         return logits, state
     h, new_state = x, []
     for layer, s in zip(params[:-1], state, strict=True):
@@ -192,15 +213,17 @@ def apply(
 
 
 def transform_update(
-    params: list[dict], state: tuple, x: jax.Array, *, activation: str = "relu", momentum: float = 0.0
-) -> tuple[list[dict], tuple]:
+    params: list[dict], state: TransformState, x: jax.Array, *, activation: str = "relu",
+    momentum: float = 0.0,
+) -> TransformState:
     """Re-estimate ``alpha = mean f'(z)``, ``beta = mean(f(z)) - alpha mean(z)`` on ``x``; keep the model.
 
     Changing ``alpha`` by ``da`` and ``beta`` by ``db`` in layer ``i`` changes that layer's output by
     ``-(da z_i + db)``; since ``z_i`` is affine in the sources below it, every layer above that reads the
     output through a matrix ``M`` is compensated exactly by adding ``R_j diag(da) M`` to its shortcut from
     each source ``j`` (``R_j`` being layer ``i``'s weights from that source) and ``(da b_i + db) M`` to its
-    bias [Raiko, Valpola & LeCun 2012, Sec. 2]. Layers are processed bottom-up, each step exact.
+    bias [Raiko, Valpola & LeCun 2012, Sec. 2]. Layers are processed bottom-up, each step exact. The
+    compensation goes into the state's ``shift``; ``params`` are not changed.
 
     Args:
         params, state: a ``transform`` network from :func:`init`.
@@ -208,25 +231,32 @@ def transform_update(
         momentum: weight of the old ``alpha, beta`` (0 replaces them with the batch estimate).
 
     Returns:
-        ``(params, state)`` computing the same function as before, up to float rounding.
+        The new :class:`TransformState`; ``apply(params, new_state, ...)`` computes the same function as
+        ``apply(params, state, ...)``, up to float rounding.
     """
     f = mlp.activation_fn(activation)
-    _, pre = _transform_forward(params, state, x, f)
-    params = [dict(layer, C=list(layer["C"])) for layer in params]
-    new_state = []
-    for i, (z, s) in enumerate(zip(pre, state, strict=True)):
+    eff = _shifted(params, state)
+    _, pre = _transform_forward(eff, state, x, f)
+    shift = [{"b": s["b"], "C": list(s["C"])} for s in state.shift]
+    alphas, betas = [], []
+    for i, z in enumerate(pre):
         alpha = jnp.mean(_derivative(f, z), axis=0)
         beta = jnp.mean(f(z), axis=0) - alpha * jnp.mean(z, axis=0)
-        alpha = momentum * s.alpha + (1 - momentum) * alpha
-        beta = momentum * s.beta + (1 - momentum) * beta
-        da, db = alpha - s.alpha, beta - s.beta
+        alpha = momentum * state.alpha[i] + (1 - momentum) * alpha
+        beta = momentum * state.beta[i] + (1 - momentum) * beta
+        da, db = alpha - state.alpha[i], beta - state.beta[i]
         source = i + 1  # layer i's output is source i + 1
         # Layer i reads source j (j < i) through C[j] and source i through W.
-        reads = [*params[i]["C"], params[i]["W"]]
-        for k in range(i + 1, len(params)):
-            m = params[k]["W"] if k == source else params[k]["C"][source]
+        reads = [*eff[i]["C"], eff[i]["W"]]
+        for k in range(i + 1, len(eff)):
+            m = eff[k]["W"] if k == source else eff[k]["C"][source]
             for j, r in enumerate(reads):  # j <= i < k: layer k reads source j through a shortcut
-                params[k]["C"][j] = params[k]["C"][j] + (r * da) @ m
-            params[k]["b"] = params[k]["b"] + (da * params[i]["b"] + db) @ m
-        new_state.append(TransformState(alpha, beta))
-    return params, tuple(new_state)
+                step = (r * da) @ m
+                eff[k]["C"][j] = eff[k]["C"][j] + step
+                shift[k]["C"][j] = shift[k]["C"][j] + step
+            step = (da * eff[i]["b"] + db) @ m
+            eff[k]["b"] = eff[k]["b"] + step
+            shift[k]["b"] = shift[k]["b"] + step
+        alphas.append(alpha)
+        betas.append(beta)
+    return TransformState(tuple(alphas), tuple(betas), tuple(shift))

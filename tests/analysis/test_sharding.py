@@ -36,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.tree_util import Partial
 import analysis
 from analysis import krylov
+from fflab import losses
 from tests.analysis import _models as M
 
 assert len(jax.devices()) == 4, jax.devices()
@@ -93,7 +94,7 @@ for dtype, (params, x, vs_host) in models.items():
             res[name + "_all_reduce"] = num_all_reduce(single)
     if dtype == "float64":
         chunked = sharded  # batch_size 7: the operator of the eigsh, trace and Lanczos checks below
-        ggn_kw = dict(curvature="ggn", output_fn=M.output_fn, loss="cross_entropy")
+        ggn_kw = dict(curvature="ggn", output_fn=M.output_fn, loss=losses.cross_entropy)
         ggn_one, _ = analysis.hessian_operator(M.loss_fn, params, x, y, **ggn_kw)
         ggn_sharded, _ = analysis.hessian_operator(M.loss_fn, params, x, y, mesh=mesh, batch_size=7, **ggn_kw)
         res["ggn"] = rel(jax.vmap(ggn_sharded)(vs), jax.vmap(ggn_one)(vs))

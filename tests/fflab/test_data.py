@@ -348,23 +348,32 @@ def test_not_found_names_every_place_and_the_fixes(tmp_path, monkeypatch):
     system = tmp_path / "usr-share"
     monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": [], "fashion-mnist": [system]})
     monkeypatch.setenv("FFLAB_DATA", str(tmp_path / "env"))
-    (tmp_path / "partial").mkdir()
-    write_idx(tmp_path / "partial" / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
+    (tmp_path / "env").mkdir()
+    write_idx(tmp_path / "env" / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
     with pytest.raises(DataError) as err:
-        data.load("fashion-mnist", data_dir=tmp_path / "partial", download=False)
+        data.load("fashion-mnist", download=False)
     message = str(err.value)
     assert "\n" not in message
-    for place in [
-        tmp_path / "partial" / "fashion-mnist",
-        tmp_path / "partial",
-        tmp_path / "env",
-        data.cache_dir("fashion-mnist"),
-        system,
-    ]:
+    for place in [tmp_path / "env" / "fashion-mnist", tmp_path / "env", data.cache_dir("fashion-mnist"), system]:
         assert str(place) in message
     assert "1 of 4 files" in message
     for fix in ["--data-dir", "FFLAB_DATA", "apt-get install dataset-fashion-mnist"]:
         assert fix in message
+
+
+def test_an_explicit_data_dir_never_falls_back_to_another_copy(tmp_path, monkeypatch):
+    complete = tmp_path / "usr-share"
+    fake_mnist(complete)
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": [complete], "fashion-mnist": [complete]})
+    assert data.load("fashion-mnist", download=False).source == str(complete)  # found where it is
+    (tmp_path / "partial").mkdir()
+    write_idx(tmp_path / "partial" / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="missing train-images-idx3-ubyte.gz, t10k-images") as err:
+        data.load("fashion-mnist", data_dir=tmp_path / "partial", download=False)
+    assert str(tmp_path / "partial") in str(err.value) and str(complete) not in str(err.value)
+    with pytest.raises(DataError, match="no such folder"):
+        data.load("fashion-mnist", data_dir=tmp_path / "typo", download=False)
+    assert data.load("fashion-mnist", data_dir=complete).source == str(complete)
 
 
 def test_offline_download_failure_says_what_was_tried(tmp_path):

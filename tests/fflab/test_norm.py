@@ -71,17 +71,19 @@ def test_transform_update_keeps_the_function_and_centres_output_and_slope(seed, 
     params = [dict(layer, b=layer["b"] + 0.3) for layer in params]
     before, _ = norm.apply(params, state, x, norm="transform", activation=activation)
     for _ in range(2):
-        params, state = norm.transform_update(params, state, x, activation=activation)
+        state = norm.transform_update(params, state, x, activation=activation)
         after, _ = norm.apply(params, state, x, norm="transform", activation=activation)
         np.testing.assert_allclose(after, before, atol=1e-12)
     # With the statistics re-estimated on this batch, each unit's output and slope average zero on it.
     f = {"tanh": jnp.tanh, "relu": jax.nn.relu}[activation]
-    _, pre = norm._transform_forward(params, state, x, f)
-    for z, s in zip(pre, state, strict=True):
+    _, pre = norm._transform_forward(norm._shifted(params, state), state, x, f)
+    for z, alpha, beta in zip(pre, state.alpha, state.beta, strict=True):
         slope = jax.vmap(jax.vmap(jax.grad(f)))(z)
-        np.testing.assert_allclose(jnp.mean(f(z) - s.alpha * z - s.beta, axis=0), 0, atol=1e-12)
-        np.testing.assert_allclose(jnp.mean(slope - s.alpha, axis=0), 0, atol=1e-12)
-    assert any(float(jnp.abs(c).max()) > 0 for c in params[-1]["C"])  # the shortcuts took the linear part
+        np.testing.assert_allclose(jnp.mean(f(z) - alpha * z - beta, axis=0), 0, atol=1e-12)
+        np.testing.assert_allclose(jnp.mean(slope - alpha, axis=0), 0, atol=1e-12)
+    # The shortcuts took the linear part, through the state's shift; the parameters are untouched.
+    assert any(float(jnp.abs(c).max()) > 0 for c in state.shift[-1]["C"])
+    assert all(float(jnp.abs(c).max()) == 0 for c in params[-1]["C"])
 
 
 def test_transform_network_at_zero_state_is_the_plain_mlp():

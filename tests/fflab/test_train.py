@@ -10,8 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from fflab import checkpoint, data, losses, mlp, train
+from fflab import checkpoint, data, losses, mlp, presets, train
 from fflab import norm as fflab_norm
+
+MLP = presets.classifier("relu")
+FIT = {"loss_fn": MLP.loss_fn, "metrics_fn": MLP.metrics_fn}
 
 TOL = {jnp.float32: 1e-6, jnp.float64: 1e-12}
 
@@ -131,8 +134,17 @@ def test_unknown_names_and_bad_numbers():
             train.make_optimizer("momentum", 0.1, **bad)
     with pytest.raises(ValueError, match="learning rate"):
         train.make_optimizer("sgd", float("nan"))
-    with pytest.raises(ValueError, match="activation"):
-        train.make_train_epoch(optax.sgd(0.1), batch_size=10, activation="swish")
+    with pytest.raises(ValueError, match="loss_fn must be a function"):
+        train.make_train_epoch(optax.sgd(0.1), loss_fn="cross_entropy", batch_size=10)
+    with pytest.raises(ValueError, match="hashable"):
+        train.make_train_epoch(optax.sgd(0.1), loss_fn=_Unhashable(), batch_size=10)
+
+
+class _Unhashable:
+    __hash__ = None
+
+    def __call__(self, params, x, y):
+        return 0.0
 
 
 def test_weight_decay_is_l2_on_weights_and_clip_bounds_the_step():
@@ -182,6 +194,7 @@ def test_fit_learns_digits(dtype):
         callback=lambda e, s: seen.append((e, int(s.epoch))),
         snapshot_epochs=(0, 1, 12),
         progress=False,
+        **FIT,
     )
     h = result.history
     assert seen == [(e, e) for e in range(1, epochs + 1)]
@@ -192,14 +205,29 @@ def test_fit_learns_digits(dtype):
     assert h["test_error"][-1] < 6.0  # percent: digits is easy for a 64-64-10 net
     assert all(0.0 <= e <= 100.0 for e in h["train_error"] + h["test_error"])
     assert h["learning_rate"][0] > h["learning_rate"][-1] > 0
-    assert all(g > 0 for g in h["grad_norm"]) and all(s > 0 for s in h["seconds"])
+    assert all(g > 0 for g in h["grad_norm"]) and all(s > 0 for s in h["train_seconds"] + h["eval_seconds"])
+    assert h["eval_epoch"] == h["epoch"]
     assert sorted(result.snapshots) == [0, 1, 12]
     assert result.snapshots[0][0]["W"].dtype == dtype
     assert np.array_equal(result.snapshots[12][0]["W"], np.asarray(result.state.params[0]["W"]))
     assert not np.array_equal(result.snapshots[0][0]["W"], result.snapshots[1][0]["W"])
     # The history's numbers are those of evaluate(), in percent.
-    loss, err = train.evaluate(result.state.params, ds.x_test, ds.y_test)
-    assert h["test_error"][-1] == pytest.approx(100 * err) and h["test_loss"][-1] == pytest.approx(loss)
+    got = train.evaluate(MLP.metrics_fn, result.state.params, ds.x_test, ds.y_test)
+    assert h["test_error"][-1] == pytest.approx(got["error"]) and h["test_loss"][-1] == pytest.approx(got["loss"])
+    by_hand = mlp.apply(result.state.params, jnp.asarray(ds.x_test))
+    assert got["error"] == pytest.approx(100 * float(losses.error_rate(by_hand, jnp.asarray(ds.y_test))))
+
+
+def test_eval_every_evaluates_less_and_trains_the_same(synthetic):
+    opt = train.make_optimizer("momentum", 0.1)
+    xy = (synthetic.x_train, synthetic.y_train)
+    common = dict(epochs=5, batch_size=30, test=(synthetic.x_test, synthetic.y_test), progress=False, **FIT)
+    every = train.fit(_state(opt, [8, 16, 4]), opt, xy, **common)
+    sparse = train.fit(_state(opt, [8, 16, 4]), opt, xy, eval_every=2, **common)
+    assert _tree_equal(every.state, sparse.state)
+    assert sparse.history["eval_epoch"] == [2, 4, 5] and len(sparse.history["test_error"]) == 3
+    assert sparse.history["test_error"] == [every.history["test_error"][e - 1] for e in (2, 4, 5)]
+    assert [t == 0.0 for t in sparse.history["eval_seconds"]] == [True, False, True, False, False]
 
 
 def test_epoch_compiles_once(synthetic, caplog, tmp_path):
@@ -218,6 +246,7 @@ def test_epoch_compiles_once(synthetic, caplog, tmp_path):
             checkpoint_every=2,
             callback=lambda e, s: on_disk.append(path.exists() and checkpoint.load_metadata(path)["epoch"]),
             progress=False,
+            **FIT,
         )
     compiles = [r for r in caplog.records if "Compiling jit(train_epoch)" in r.getMessage()]
     assert len(compiles) == 1
@@ -225,7 +254,7 @@ def test_epoch_compiles_once(synthetic, caplog, tmp_path):
 
     # The jitted epoch alone: same compiled program for the initial state and every later one.
     opt = optax.adam(1e-2)  # a new transformation: a new, empty epoch function
-    epoch = train.make_train_epoch(opt, batch_size=15)
+    epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=15)
     assert epoch._cache_size() == 0
     state = _state(opt, [8, 16, 4], dtype=jnp.float32)
     x, y = jnp.asarray(synthetic.x_train, jnp.float32), jnp.asarray(synthetic.y_train)
@@ -243,10 +272,13 @@ def test_equal_recipes_share_compiled_epochs(synthetic, caplog):
     assert train.make_optimizer("momentum", 0.05, **kwargs) is opt
     assert train.make_optimizer("momentum", 0.05, **{**kwargs, "clip": 2.0}) is not opt
     assert train.make_optimizer("momentum", 0.06, **kwargs) is not opt
-    epoch = train.make_train_epoch(opt, batch_size=30)
-    assert train.make_train_epoch(opt, batch_size=30, activation="relu", record_grad_norm=True) is epoch
-    assert train.make_train_epoch(opt, batch_size=30, record_grad_norm=False) is not epoch
-    assert train.make_train_epoch(opt, batch_size=20) is not epoch
+    epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30)
+    same = train.make_train_epoch(opt, loss_fn=presets.classifier("relu").loss_fn, batch_size=30,
+                                  record_grad_norm=True)
+    assert same is epoch
+    assert train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, record_grad_norm=False) is not epoch
+    assert train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=20) is not epoch
+    assert train.make_train_epoch(opt, loss_fn=presets.classifier("tanh").loss_fn, batch_size=30) is not epoch
 
     def run(seed):
         fresh = train.make_optimizer("momentum", 0.05, **kwargs)
@@ -257,6 +289,7 @@ def test_equal_recipes_share_compiled_epochs(synthetic, caplog):
             epochs=2,
             batch_size=30,
             progress=False,
+            **FIT,
         )
 
     with caplog.at_level(logging.WARNING), jax.log_compiles():
@@ -279,7 +312,7 @@ def test_make_optimizer_accepts_unhashable_rates():
 def test_epoch_order_depends_only_on_key_and_epoch(synthetic):
     """Epoch e shuffles with fold_in(key, e): running epoch 3 from a state at epoch 2 needs no history."""
     opt = optax.sgd(0.1)
-    epoch = train.make_train_epoch(opt, batch_size=30)
+    epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30)
     x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
     state = _state(opt, [8, 4])
     a, _ = epoch(state._replace(epoch=jnp.asarray(2, jnp.int32)), x, y)
@@ -292,8 +325,9 @@ def test_grad_norm_record_is_optional_and_changes_nothing_else(synthetic):
     opt = train.make_optimizer("momentum", 0.1)
     x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
     state = _state(opt, [8, 16, 4])
-    a, stats_a = train.make_train_epoch(opt, batch_size=30)(state, x, y)
-    b, stats_b = train.make_train_epoch(opt, batch_size=30, record_grad_norm=False)(state, x, y)
+    a, stats_a = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30)(state, x, y)
+    b, stats_b = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, record_grad_norm=False)(
+        state, x, y)
     assert _tree_equal(a, b)
     np.testing.assert_array_equal(stats_a.loss, stats_b.loss)
     np.testing.assert_array_equal(stats_a.learning_rate, stats_b.learning_rate)
@@ -302,7 +336,7 @@ def test_grad_norm_record_is_optional_and_changes_nothing_else(synthetic):
     batch = data.batch_indices(jax.random.fold_in(state.key, 0), x.shape[0], 30)[0]
     grads = jax.grad(lambda p: losses.cross_entropy(mlp.apply(p, x[batch]), y[batch]))(state.params)
     np.testing.assert_allclose(stats_a.grad_norm[0], optax.tree.norm(grads), rtol=1e-12)
-    common = dict(epochs=2, batch_size=30, progress=False)
+    common = dict(epochs=2, batch_size=30, progress=False, **FIT)
     fast = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), record_grad_norm=False, **common)
     full = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), **common)
     assert _tree_equal(fast.state, full.state)
@@ -318,7 +352,8 @@ class _Stop(Exception):
 def test_resume_is_bit_for_bit(synthetic, tmp_path, dtype):
     epochs, batch = 5, 20
     opt = train.make_optimizer("momentum", 0.2, schedule="cosine", total_steps=epochs * 15, weight_decay=1e-3)
-    common = dict(epochs=epochs, batch_size=batch, test=(synthetic.x_test, synthetic.y_test), progress=False)
+    common = dict(epochs=epochs, batch_size=batch, test=(synthetic.x_test, synthetic.y_test), progress=False,
+                  **FIT)
     xy = (synthetic.x_train, synthetic.y_train)
     full = train.fit(_state(opt, [8, 16, 4], dtype=dtype), opt, xy, **common)
 
@@ -345,7 +380,7 @@ def test_resume_is_bit_for_bit(synthetic, tmp_path, dtype):
 
     assert _tree_equal(resumed.state, full.state)
     for key in full.history:
-        if key != "seconds":
+        if not key.endswith("seconds"):
             assert resumed.history[key] == full.history[key], key
     assert checkpoint.load_metadata(path)["epoch"] == epochs
 
@@ -363,7 +398,7 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(
     synthetic, tmp_path, update, epoch, step, record_grad_norm
 ):
     # 300 samples / 30 = 10 steps per epoch. A NaN update 13 shows in the loss of step 15 (epoch 2, step 5);
-    # a NaN last update of epoch 2 (update 19) shows only in the end-of-epoch loss, blamed on step 10.
+    # a NaN last update of epoch 2 (update 19) shows only in the parameters after the epoch: step 10.
     opt = _nan_at(update)
     path = tmp_path / "run" / "ckpt.npz"
     template = _state(opt, [8, 16, 4])
@@ -377,6 +412,7 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(
             checkpoint_path=path,
             progress=False,
             record_grad_norm=record_grad_norm,
+            **FIT,
         )
     err = info.value
     assert (err.epoch, err.step) == (epoch, step)
@@ -393,76 +429,144 @@ def test_fit_rejects_bad_data(synthetic):
     opt = optax.sgd(0.1)
     state = _state(opt, [8, 4])
     with pytest.raises(ValueError, match="batch_size"):
-        train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=1, batch_size=10_000)
-    with pytest.raises(ValueError, match=r"y: \(n,\)"):
-        train.fit(state, opt, (synthetic.x_train, synthetic.y_train[:5]), epochs=1, batch_size=10)
+        train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=1, batch_size=10_000, **FIT)
+    with pytest.raises(ValueError, match="share a leading sample axis"):
+        train.fit(state, opt, (synthetic.x_train, synthetic.y_train[:5]), epochs=1, batch_size=10, **FIT)
+    with pytest.raises(ValueError, match="training set is empty"):
+        train.fit(state, opt, (synthetic.x_train[:0], synthetic.y_train[:0]), epochs=1, batch_size=10, **FIT)
+    # Labels outside 0..C-1 are bad data, found before any step, not blamed on the step size.
+    bad = synthetic.y_train.copy()
+    bad[-1] = -1
+    with pytest.raises(ValueError, match="not finite at the initial parameters"):
+        train.fit(state, opt, (synthetic.x_train, bad), epochs=1, batch_size=10, **FIT)
 
 
-# --- normalised networks ---
+# --- stateful models ---
 
 
-def _norm_state(opt, sizes, norm, *, seed=0, dtype=jnp.float64):
+def _norm_state(opt, sizes, model, *, seed=0, dtype=jnp.float64):
     k_init, k_shuffle = jax.random.split(jax.random.key(seed))
-    params, model_state = fflab_norm.init(k_init, sizes, norm=norm, dtype=dtype)
+    params, model_state = model.init(k_init, sizes, dtype=dtype)
     return train.init_state(params, opt, k_shuffle, model_state)
 
 
 def test_batchnorm_training_updates_running_stats_and_evaluates_with_them(synthetic):
+    bn = presets.classifier("relu", "batchnorm")
     opt = train.make_optimizer("momentum", 0.1)
-    state = _norm_state(opt, [8, 16, 4], "batchnorm")
-    start, _ = train.evaluate(state.params, synthetic.x_train, synthetic.y_train, norm="batchnorm",
-                              model_state=state.model_state)
+    state = _norm_state(opt, [8, 16, 4], bn)
+    start = train.evaluate(bn.metrics_fn, state.params, synthetic.x_train, synthetic.y_train,
+                           model_state=state.model_state)["loss"]
     result = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=6, batch_size=50,
-                       norm="batchnorm", progress=False)
+                       loss_fn=bn.loss_fn, metrics_fn=bn.metrics_fn, progress=False)
     hist = result.history
     assert hist["train_loss"][-1] < 0.7 * start
     # The running mean tracks the pre-activations' mean over the training data.
-    (bn,) = result.state.model_state
+    (running,) = result.state.model_state
     z = jnp.asarray(synthetic.x_train) @ result.state.params[0]["W"]
-    assert np.allclose(bn.mean, z.mean(0), atol=0.15 * float(jnp.abs(z.mean(0)).max()) + 1e-3)
-    # evaluate() uses the running averages: the same number as norm.apply(train=False) by hand.
+    assert np.allclose(running.mean, z.mean(0), atol=0.15 * float(jnp.abs(z.mean(0)).max()) + 1e-3)
+    # The metrics use the running averages: the same number as norm.apply(train=False) by hand.
     logits, _ = fflab_norm.apply(result.state.params, result.state.model_state, jnp.asarray(synthetic.x_test),
                                  norm="batchnorm", train=False)
     expected = float(losses.cross_entropy(logits, jnp.asarray(synthetic.y_test)))
-    loss, _ = train.evaluate(result.state.params, synthetic.x_test, synthetic.y_test, norm="batchnorm",
-                             model_state=result.state.model_state)
-    assert math.isclose(loss, expected, rel_tol=1e-12)
-    assert math.isclose(hist["train_loss"][-1], train.evaluate(
-        result.state.params, synthetic.x_train, synthetic.y_train, norm="batchnorm",
-        model_state=result.state.model_state)[0], rel_tol=1e-12)
+    got = train.evaluate(bn.metrics_fn, result.state.params, synthetic.x_test, synthetic.y_test,
+                         model_state=result.state.model_state)
+    assert math.isclose(got["loss"], expected, rel_tol=1e-12)
+    # freeze() gives analysis the training-mode loss at fixed state: batch statistics of the data passed.
+    x, y = jnp.asarray(synthetic.x_test), jnp.asarray(synthetic.y_test)
+    frozen = train.freeze(bn.loss_fn)
+    assert train.freeze(bn.loss_fn) is frozen
+    by_hand = fflab_norm.apply(result.state.params, result.state.model_state, x, norm="batchnorm", train=True)[0]
+    assert float(frozen(result.state.params, result.state.model_state, x, y)) == pytest.approx(
+        float(losses.cross_entropy(by_hand, y)), rel=1e-12)
+    eval_frozen = train.freeze(bn.eval_loss_fn)(result.state.params, result.state.model_state, x, y)
+    assert float(eval_frozen) == pytest.approx(expected, rel=1e-12)
 
 
 def test_transform_steps_keep_the_function_and_move_the_statistics(synthetic):
+    tr = presets.classifier("relu", "transform")
     # With a zero learning rate only the transformations change, and they leave the function unchanged.
     opt = optax.sgd(0.0)
-    state = _norm_state(opt, [8, 16, 12, 4], "transform", seed=3)
+    state = _norm_state(opt, [8, 16, 12, 4], tr, seed=3)
     x = jnp.asarray(synthetic.x_test)
-    before, _ = fflab_norm.apply(state.params, state.model_state, x, norm="transform")
-    new, _ = train.make_train_epoch(opt, batch_size=50, norm="transform")(
+    before, _ = tr.apply(state.params, state.model_state, x)
+    new, _ = train.make_train_epoch(opt, loss_fn=tr.loss_fn, batch_size=50)(
         state, jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train))
-    after, _ = fflab_norm.apply(new.params, new.model_state, x, norm="transform")
+    after, _ = tr.apply(new.params, new.model_state, x)
     np.testing.assert_allclose(after, before, rtol=1e-10, atol=1e-10)
+    assert _tree_equal(new.params, state.params)  # the optimiser owns the parameters, the re-estimation the state
     # relu: alpha = mean f'(z) is the fraction of active units, so it moved off 0 into (0, 1].
-    alpha = np.concatenate([s.alpha for s in new.model_state])
+    alpha = np.concatenate(new.model_state.alpha)
     assert np.all(alpha >= 0) and np.all(alpha <= 1) and alpha.mean() > 0.1
     # And with a learning rate it trains.
     opt = train.make_optimizer("momentum", 0.05)
-    state = _norm_state(opt, [8, 16, 12, 4], "transform", seed=3)
-    start, _ = train.evaluate(state.params, synthetic.x_train, synthetic.y_train, norm="transform",
-                              model_state=state.model_state)
+    state = _norm_state(opt, [8, 16, 12, 4], tr, seed=3)
+    start = train.evaluate(tr.metrics_fn, state.params, synthetic.x_train, synthetic.y_train,
+                           model_state=state.model_state)["loss"]
     hist = train.fit(state, opt, (synthetic.x_train, synthetic.y_train), epochs=6, batch_size=50,
-                     norm="transform", progress=False).history
+                     loss_fn=tr.loss_fn, metrics_fn=tr.metrics_fn, progress=False).history
     assert hist["train_loss"][-1] < 0.7 * start
 
 
-def test_norm_name_and_mesh_are_checked():
+def test_a_model_written_by_hand_trains_and_its_loss_goes_to_analysis():
+    """Dict params, tanh, squared error on one-hot targets: fit trains it, analysis gets the same loss."""
+    import analysis
+
+    ds = data.load("digits")
+
+    def loss_fn(p, x, y):
+        out = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        return jnp.mean(jnp.sum((out - jax.nn.one_hot(y, 10)) ** 2, axis=1))
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"w1": 0.3 * jax.random.normal(k1, (64, 8)), "b1": jnp.zeros(8),
+              "w2": 0.3 * jax.random.normal(k2, (8, 10)), "b2": jnp.zeros(10)}
+    opt = optax.sgd(0.05, momentum=0.9)
+    result = train.fit(train.init_state(params, opt, key=1), opt, (ds.x_train, ds.y_train), loss_fn=loss_fn,
+                       epochs=10, batch_size=50, progress=False)
+    loss = result.history["train_loss"]
+    assert loss[-1] < 0.5 * train.evaluate(loss_fn, params, ds.x_train, ds.y_train)["loss"] and loss[-1] < loss[0]
+    x, y = jnp.asarray(ds.x_train[:200]), jnp.asarray(ds.y_train[:200])
+    trained = result.state.params
+    matvec, dim = analysis.hessian_operator(loss_fn, trained, x, y)
+    top = analysis.eigsh(matvec, dim, 4, key=jax.random.key(2), tol=1e-10)
+    flat, unravel = jax.flatten_util.ravel_pytree(trained)
+    dense = jax.hessian(lambda v: loss_fn(unravel(v), x, y))(flat)
+    exact = np.linalg.eigvalsh(np.asarray(dense))[::-1][:4]
+    np.testing.assert_allclose(np.asarray(top.eigenvalues), exact, rtol=1e-10)
+
+
+def test_lanes_train_each_hyperparameter_like_its_own_run(synthetic):
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
+    state = _state(opt, [8, 16, 4])
+    rates = [0.01, 0.1, 0.3]
+    stacked = train.lanes(state, learning_rate=rates)
+    assert stacked.params[0]["W"].shape == (3, 8, 16)
+    x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
+    lanes_epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, lanes=True)
+    stacked, stats = lanes_epoch(stacked, x, y)
+    assert stats.loss.shape == (3, 10)
+    for i, lr in enumerate(rates):
+        one = optax.sgd(lr)
+        alone, alone_stats = train.make_train_epoch(one, loss_fn=MLP.loss_fn, batch_size=30)(
+            _state(one, [8, 16, 4]), x, y)
+        got = train.lane(stacked, i)
+        for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(alone.params),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(stats.learning_rate[i], lr)
+        np.testing.assert_allclose(stats.loss[i], alone_stats.loss, rtol=1e-12)
+    with pytest.raises(ValueError, match="injects no hyperparameter 'momentum'"):
+        train.lanes(state, momentum=[0.1, 0.2])
+    with pytest.raises(ValueError, match="one common length"):
+        train.lanes(state, learning_rate=[[0.1]])
+
+
+def test_mesh_is_checked():
     opt = train.make_optimizer("sgd", 0.1)
     with pytest.raises(ValueError, match="unknown norm 'layernorm'"):
-        train.make_train_epoch(opt, batch_size=10, norm="layernorm")
-    with pytest.raises(ValueError, match="devices"):
-        train.data_mesh(jax.device_count() + 1)
+        presets.classifier("relu", "layernorm")
     with pytest.raises(ValueError, match="divisible"):
-        train.make_train_epoch(opt, batch_size=10, mesh=_FakeMesh())
+        train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=10, mesh=_FakeMesh())
 
 
 class _FakeMesh:
@@ -473,22 +577,21 @@ class _FakeMesh:
 _SHARDED = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from fflab import data, mlp, norm, train
+from fflab import data, presets, train
 assert jax.device_count() == 4, jax.devices()
 ds = data.load("synthetic", n_train=400, n_test=100, dim=8, num_classes=4, teacher_width=16)
 out = {}
 for kind in [None, "batchnorm"]:
     runs = []
-    for mesh in [None, train.data_mesh(4)]:
+    for mesh in [None, jax.sharding.Mesh(np.array(jax.devices()), ("data",))]:
+        model = presets.classifier("relu", kind)
         opt = train.make_optimizer("momentum", 0.1)
         k_init, k_shuffle = jax.random.split(jax.random.key(0))
-        if kind is None:
-            params, ms = mlp.init(k_init, [8, 32, 4], dtype=jnp.float32), ()
-        else:
-            params, ms = norm.init(k_init, [8, 32, 4], norm=kind, dtype=jnp.float32)
+        params, ms = model.init(k_init, [8, 32, 4], dtype=jnp.float32)
         state = train.init_state(params, opt, k_shuffle, ms)
-        r = train.fit(state, opt, (ds.x_train, ds.y_train), epochs=3, batch_size=40, norm=kind, mesh=mesh,
-                      test=(ds.x_test, ds.y_test), progress=False)
+        r = train.fit(state, opt, (ds.x_train, ds.y_train), epochs=3, batch_size=40, mesh=mesh,
+                      loss_fn=model.loss_fn, metrics_fn=model.metrics_fn, test=(ds.x_test, ds.y_test),
+                      progress=False)
         tree = (r.state.params, r.state.model_state)
         leaves = [np.asarray(a).ravel() for a in jax.tree_util.tree_leaves(tree)]
         runs.append({"params": np.concatenate(leaves).tolist(), "loss": r.history["train_loss"],

@@ -29,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fflab import losses
-from fflab.mlp import activation_fn
+from fflab import losses, mlp
 
 __all__ = [
     "ActivationStats",
@@ -41,12 +40,6 @@ __all__ = [
     "dead_units",
     "gradient_stats",
 ]
-
-
-def _activation(activation) -> Callable:
-    if callable(activation):
-        return activation
-    return activation_fn(activation)
 
 
 def _check(params, x) -> None:
@@ -65,21 +58,6 @@ def _check(params, x) -> None:
                 f"got W {jnp.shape(W)} and b {jnp.shape(b)}"
             )
         width = jnp.shape(W)[1]
-
-
-def _forward(params, x, f, shifts=None):
-    """Pre-activations ``[z_1..z_L]`` and hidden activations ``[h_1..h_{L-1}]``; ``shifts`` are added to z."""
-    pre, post = [], []
-    h = x
-    for i, layer in enumerate(params):
-        z = h @ layer["W"] + layer["b"]
-        if shifts is not None:
-            z = z + shifts[i]
-        pre.append(z)
-        if i < len(params) - 1:
-            h = f(z)
-            post.append(h)
-    return pre, post
 
 
 def _mean(arrays):
@@ -118,7 +96,7 @@ def activation_stats(params, x, *, activation: str | Callable = "relu") -> Activ
         logits) and ``post_*`` shape ``(L-1,)`` (``h_1 .. h_{L-1}``). Definitions in the module docstring.
     """
     _check(params, x)
-    pre, post = _forward(params, x, _activation(activation))
+    pre, post = mlp.forward(params, x, activation=activation)
     return ActivationStats(
         _mean(pre), _unit_var(pre), _second_moment(pre), _mean(post), _unit_var(post), _second_moment(post)
     )
@@ -174,11 +152,10 @@ def gradient_stats(
         ``weight_grad_second_moment``.
     """
     _check(params, x)
-    f = _activation(activation)
     shifts = [jnp.zeros((x.shape[0], layer["W"].shape[1]), x.dtype) for layer in params]
 
     def cost(params, shifts):
-        pre, _ = _forward(params, x, f, shifts)
+        pre, _ = mlp.forward(params, x, activation=activation, shifts=shifts)
         return loss(pre[-1], y)
 
     g_params, deltas = jax.grad(cost, argnums=(0, 1))(params, shifts)
@@ -217,7 +194,7 @@ def activation_frequency(
 @functools.partial(jax.jit, static_argnums=2)
 def _frequencies(params, x, activation, threshold):
     # One compiled program per activation and shapes; run op by op, every primitive compiled on its own.
-    _, post = _forward(params, x, _activation(activation))
+    _, post = mlp.forward(params, x, activation=activation)
     return [jnp.mean((h > threshold).astype(h.dtype), axis=0) for h in post]
 
 

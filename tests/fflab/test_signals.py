@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis import signals
-from fflab import losses, mlp
+from fflab import losses, mlp, signals
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
