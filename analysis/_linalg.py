@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 from jax.tree_util import Partial
 
-__all__ = ["as_operator", "check_count", "hoisted", "iterate", "orthogonalise", "start_basis"]
+__all__ = ["as_operator", "check_count", "hoisted", "iterate", "orthogonalise", "require_finite", "start_basis"]
 
 
 def as_operator(matvec: Callable, dim) -> tuple[Partial, jnp.dtype]:
@@ -38,9 +38,26 @@ def as_operator(matvec: Callable, dim) -> tuple[Partial, jnp.dtype]:
     if shape != (dim,):
         got = shape if shape is not None else jax.tree_util.tree_structure(out)
         raise ValueError(f"matvec must map a ({dim},) vector to a ({dim},) vector, got {got}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"matvec must return real floating vectors, got dtype {out.dtype}")
+    if out.dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(
+            f"matvec must return float32 or float64 vectors, got dtype {out.dtype} (the Lanczos routines need "
+            "LAPACK's eigh, which has no half precision: cast the parameters to float32)"
+        )
     return op, out.dtype
+
+
+def require_finite(what: str, *arrays) -> None:
+    """Raise when a concrete result holds NaN or inf: the operator gave them from finite inputs.
+
+    Skipped under tracing, where values cannot be seen.
+    """
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return
+    if not all(bool(np.all(np.isfinite(np.asarray(a)))) for a in arrays):
+        raise ValueError(
+            f"{what}: matvec returned NaN or inf from finite vectors; check the operator (a loss that is not "
+            "finite at these parameters, or an overflow in float32)"
+        )
 
 
 def hoisted(matvec, dim: int, dtype, budget: int):

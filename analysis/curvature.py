@@ -134,8 +134,21 @@ def _check_hashable(fn, name: str) -> None:
         ) from err
 
 
+def _check_dtypes(params) -> None:
+    """Curvature needs float32 or float64 parameters: integers have no derivative, and the Krylov routines
+    have no half precision (LAPACK's eigh)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if dtype not in (jnp.float32, jnp.float64):
+            raise ValueError(
+                f"params must be float32 or float64 arrays, got {dtype} at params{jax.tree_util.keystr(path)}; "
+                "cast them, e.g. jax.tree.map(lambda a: a.astype(jnp.float32), params)"
+            )
+
+
 def _check_inputs(loss_fn: Callable, params, args) -> None:
     _check_hashable(loss_fn, "loss_fn")
+    _check_dtypes(params)
     _check_finite("params", params)
     _check_finite("args", args)
     _check_scalar_loss(loss_fn, params, args)
@@ -169,6 +182,7 @@ def hvp(loss_fn: Callable, params: Any, v: Any, *args: Any) -> Any:
         ``H v`` as a pytree like ``params``. Compiled once per ``loss_fn`` (which must be hashable).
     """
     _check_hashable(loss_fn, "loss_fn")
+    _check_dtypes(params)
     args = tuple(args)
     if _is_traced((params, v, args)):  # inside a caller's jit: inline (values cannot be checked there)
         return _hvp_checked(loss_fn, params, v, args)[0]
@@ -407,7 +421,9 @@ def _composed_loss(output_fn, outer):
 # dense matrices
 
 
-def hessian(loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None = None) -> jax.Array:
+def hessian(
+    loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None = None, max_bytes: int | None = None
+) -> jax.Array:
     """Dense Hessian ``(P, P)`` of ``loss_fn`` from vmapped forward-over-reverse products on basis vectors.
 
     For each group of consecutive leaves (a weight matrix and the bias after it, say), the gradient of
@@ -424,6 +440,8 @@ def hessian(loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None =
         params: parameter pytree with ``P`` scalars.
         *args: data, passed to ``loss_fn``.
         chunk_size: basis vectors per vmapped product (default from :data:`DEFAULT_CHUNK_SIZE`: 16 on CPU).
+        max_bytes: refuse (``ValueError``, before allocating) when ``P^2`` entries need more; default half
+            the device's memory.
 
     Returns:
         ``H`` of shape ``(P, P)`` with ``H[i, j] = d^2 loss / d theta_i d theta_j`` in ravel order,
@@ -431,7 +449,33 @@ def hessian(loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None =
     """
     _check_inputs(loss_fn, params, args)
     chunk_size = _chunk(chunk_size)
+    dim = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+    need = dim * dim * jnp.dtype(ravel_pytree(params)[0].dtype).itemsize
+    limit = _memory_limit() if max_bytes is None else max_bytes
+    if need > limit:
+        raise ValueError(
+            f"a dense Hessian of P = {dim:,} parameters needs {need / 1e9:.1f} GB (P^2 x "
+            f"{need // (dim * dim)} bytes), more than the {limit / 1e9:.1f} GB allowed; use "
+            "analysis.hessian_operator with eigsh, spectral_density or trace, which never form it "
+            "(or pass max_bytes= to override)"
+        )
     return _dense_hessian(loss_fn, chunk_size, params, tuple(args))
+
+
+def _memory_limit() -> int:
+    """Half the default device's memory (its allocator's limit where it reports one, else the host's RAM)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # not every backend reports memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) // 2
+    try:
+        import os
+
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**63 - 1
 
 
 def _chunk(chunk_size):
@@ -530,7 +574,7 @@ class HessianBlocks(NamedTuple):
 
 
 def hessian_blocks(
-    loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None = None
+    loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None = None, max_bytes: int | None = None
 ) -> HessianBlocks:
     """The dense Hessian of :func:`hessian` split into blocks per pair of parameter leaves.
 
@@ -538,12 +582,12 @@ def hessian_blocks(
         loss_fn: ``loss_fn(params, *args) -> scalar``.
         params: parameter pytree.
         *args: data, passed to ``loss_fn``.
-        chunk_size: as for :func:`hessian`.
+        chunk_size, max_bytes: as for :func:`hessian`.
 
     Returns:
         :class:`HessianBlocks` with names, sizes, and ``blocks[i][j]`` of shape ``(sizes[i], sizes[j])``.
     """
-    full = hessian(loss_fn, params, *args, chunk_size=chunk_size)
+    full = hessian(loss_fn, params, *args, chunk_size=chunk_size, max_bytes=max_bytes)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     names = tuple(jax.tree_util.keystr(path) for path, _ in leaves)
     sizes = tuple(int(np.size(leaf)) for _, leaf in leaves)

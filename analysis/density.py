@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis._linalg import as_operator, check_count, hoisted, iterate, start_basis
+from analysis._linalg import as_operator, check_count, hoisted, iterate, require_finite, start_basis
 from analysis.krylov import eigsh
 
 __all__ = ["PROBES", "TRACE_METHODS", "SpectralDensity", "TraceEstimate", "spectral_density", "trace"]
@@ -198,7 +198,9 @@ def spectral_density(
             raise ValueError("probes must be finite and non-zero")
     k = check_count("num_deflate", num_deflate, 0, dim - num_steps)
     if not k:
-        return SpectralDensity(*_slq(op, probes, num_steps, jnp.zeros((0, dim), dtype)))
+        nodes, weights = _slq(op, probes, num_steps, jnp.zeros((0, dim), dtype))
+        require_finite("spectral_density", nodes, weights)
+        return SpectralDensity(nodes, weights)
     if key is None:
         raise ValueError("spectral_density needs a PRNG key to find the eigenpairs it deflates")
     pairs = eigsh(op, dim, k, which="LM", tol=deflate_tol, key=jax.random.fold_in(key, 1))
@@ -207,6 +209,7 @@ def spectral_density(
     if np.any(rest <= 1e-6 * np.asarray(jnp.linalg.norm(probes, axis=1))):
         raise ValueError("a probe lies in the span of the deflated eigenvectors; nothing is left to sample")
     nodes, weights = _slq(op, probes, num_steps, vectors.T)
+    require_finite("spectral_density", nodes, weights)
     exact = jnp.broadcast_to(pairs.eigenvalues, (probes.shape[0], k))
     nodes = jnp.concatenate([exact, nodes], axis=1)
     weights = jnp.concatenate([jnp.full_like(exact, 1 / dim), weights * ((dim - k) / dim)], axis=1)
@@ -261,4 +264,6 @@ def trace(
         raise ValueError(f"unknown method {method!r}; valid names: {', '.join(TRACE_METHODS)}")
     low = 4 if method == "hutch++" else 2
     num_probes = check_count("num_probes", num_probes, low, 10**9)
-    return _trace(op, key, int(dim), dtype, num_probes, method)
+    result = _trace(op, key, int(dim), dtype, num_probes, method)
+    require_finite("trace", result.estimate)
+    return result

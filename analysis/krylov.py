@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis._linalg import as_operator, check_count, hoisted, iterate, start_basis
+from analysis._linalg import as_operator, check_count, hoisted, iterate, require_finite, start_basis
 
 __all__ = ["WHICH", "EigshResult", "LanczosResult", "eigsh", "lanczos"]
 
@@ -121,7 +121,9 @@ def lanczos(
     op, dtype = as_operator(matvec, dim)
     num_steps = check_count("num_steps", num_steps, 1, int(dim))
     v0 = _initial_vector(key, int(dim), dtype, v0)
-    return _lanczos_jit(op, v0, key, num_steps)
+    result = _lanczos_jit(op, v0, key, num_steps)
+    require_finite("lanczos", result.alphas, result.betas)
+    return result
 
 
 def _wanted_order(which: str, m: int, k: int, keep: int) -> np.ndarray:
@@ -234,6 +236,7 @@ def eigsh(
             op, basis, proj, norms, sub, k, order, start, by_magnitude
         )
         estimates, scale = np.asarray(estimates), float(scale)
+        require_finite("eigsh", estimates, scale)
         if np.all(estimates <= tol * scale):
             break
         start = keep
