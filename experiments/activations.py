@@ -13,54 +13,50 @@ from experiments import _common
 from fflab import mlp
 
 NAME = "activations"
-DESCRIPTION = "Sigmoid, tanh and relu and their derivatives, derivatives checked against closed forms"
-SLIDE = "Non-linearity and training: logistic, tanh, relu"
+DESCRIPTION = "Sigmoid, tanh and relu and their derivatives: sigmoid and tanh saturate, relu does not"
+SLIDE = "Non-linearity and training: logistic, tanh, relu; relu is replacing old sigmoid and tanh"
+PAPERS = {}
+
+# Closed-form derivatives the autodiff result is checked against.
+DERIVATIVES = {
+    "sigmoid": lambda a: jax.nn.sigmoid(a) * (1 - jax.nn.sigmoid(a)),
+    "tanh": lambda a: 1 - jnp.tanh(a) ** 2,
+    "relu": lambda a: (a > 0).astype(a.dtype),
+}
+SATURATED = 0.01  # a derivative below this passes on less than 1% of the gradient
 
 
 @dataclass(frozen=True)
 class Config:
-    span: float = 5.0
+    span: float = 5.0  # the derivatives are read at a = +span
     num: int = 401
 
 
 QUICK = Config(num=101)
 FULL = Config()
 
-# Closed-form derivatives the autodiff result is checked against.
-_DERIVATIVES = {
-    "sigmoid": lambda a: jax.nn.sigmoid(a) * (1 - jax.nn.sigmoid(a)),
-    "tanh": lambda a: 1 - jnp.tanh(a) ** 2,
-    "relu": lambda a: (a > 0).astype(a.dtype),
-}
 
-
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     a = jnp.linspace(-config.span, config.span, config.num)
-    values, grads, errors = {}, {}, {}
-    for name, closed_form in _DERIVATIVES.items():
-        f = mlp.activation_fn(name)
-        d = jax.vmap(jax.grad(f))(a)
-        values[name] = np.asarray(f(a))
-        grads[name] = np.asarray(d)
-        errors[name] = float(jnp.max(jnp.abs(d - closed_form(a))))
-    saturated = {  # derivative far from the origin: sigmoid and tanh saturate, relu does not (for a > 0)
-        name: float(grads[name][-1]) for name in _DERIVATIVES
-    }
+    values = {name: np.asarray(mlp.activation_fn(name)(a)) for name in DERIVATIVES}
+    grads = {name: np.asarray(jax.vmap(jax.grad(mlp.activation_fn(name)))(a)) for name in DERIVATIVES}
+    errors = {name: float(np.max(np.abs(grads[name] - np.asarray(d(a))))) for name, d in DERIVATIVES.items()}
+    at_span = {name: float(grads[name][-1]) for name in DERIVATIVES}
+    max_slope = {name: float(grads[name].max()) for name in ("sigmoid", "tanh")}
+
     claims = [
         _common.claim("autodiff derivatives equal the closed forms (max abs error)", errors,
                       max(errors.values()) < 1e-6),
         _common.claim(f"sigmoid and tanh saturate: derivative at a={config.span:g} is below 0.01",
-                      {k: saturated[k] for k in ("sigmoid", "tanh")},
-                      saturated["sigmoid"] < 0.01 and saturated["tanh"] < 0.01),
-        _common.claim("relu does not saturate for a > 0: derivative 1", saturated["relu"],
-                      saturated["relu"] == 1.0),
-        _common.claim("the sigmoid's largest slope is 1/4, tanh's is 1",
-                      {k: float(grads[k].max()) for k in ("sigmoid", "tanh")},
-                      abs(grads["sigmoid"].max() - 0.25) < 1e-3 and abs(grads["tanh"].max() - 1) < 1e-3),
+                      {k: at_span[k] for k in ("sigmoid", "tanh")},
+                      at_span["sigmoid"] < 0.01 and at_span["tanh"] < 0.01),
+        _common.claim("relu does not saturate for a > 0: derivative 1", at_span["relu"], at_span["relu"] == 1.0),
+        _common.claim("the sigmoid's largest slope is 1/4, tanh's is 1", max_slope,
+                      abs(max_slope["sigmoid"] - 0.25) < 1e-3 and abs(max_slope["tanh"] - 1) < 1e-3),
     ]
+    checks = []
     results = {"a": a, "values": values, "derivatives": grads, "max_abs_error": errors}
-    payload = _common.save_results(NAME, config, results, claims, out_dir)
+    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks)
     plot(payload, out_dir)
     return payload
 
@@ -69,12 +65,14 @@ def plot(payload: dict, out_dir) -> None:
     plt = _common.style()
     r = payload["results"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name in _DERIVATIVES:
+    for name in DERIVATIVES:
         axes[0].plot(r["a"], r["values"][name], label=name)
         axes[1].plot(r["a"], r["derivatives"][name], label=name)
+    axes[1].axhline(SATURATED, color="k", lw=0.8, ls=":", label=f"saturated (< {SATURATED})")
     axes[0].set(title="activation f(a)", xlabel="a", ylabel="f(a)", ylim=(-1.2, 2.5))
-    axes[1].set(title="derivative f'(a)", xlabel="a", ylabel="f'(a)")
+    axes[1].set(title="derivative f'(a): sigmoid and tanh flatten out", xlabel="a", ylabel="f'(a)")
     axes[0].legend()
+    axes[1].legend(loc="center left")
     _common.savefig(fig, out_dir, NAME)
 
 
