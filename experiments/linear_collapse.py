@@ -1,16 +1,12 @@
 """A deep MLP with identity activations is one affine map (lecture: "On activation functions").
 
-The slide writes layers as ``h = W x + b`` with ``W`` of shape ``(n_out, n_in)`` and concludes
-``W' = W2 W1``, ``b' = W2 b1 + b2``. fflab stores ``W`` as ``(n_in, n_out)`` and computes ``x @ W + b``, so
-the same collapse reads ``W' = W1 @ W2 @ ... @ WL`` and ``b' = (b1 @ W2 + b2) @ W3 + ...``; the slide's
-matrices are the transposes of ours. Both forms are checked numerically against :func:`fflab.mlp.apply`.
-
-A consequence: however deep, the identity network draws a straight decision boundary, so on a two-class
-problem that no line separates (concentric circles, XOR) it cannot beat the best linear classifier, which we
-find by scanning directions and thresholds. The same architecture with relu fits the data.
+The slide writes layers as ``h = W x + b`` with ``W`` of shape ``(n_out, n_in)`` and concludes ``W' = W2 W1``,
+``b' = W2 b1 + b2``. fflab computes ``x @ W + b`` with ``W`` of shape ``(n_in, n_out)``, so the same collapse
+reads ``W' = W1 @ W2 @ ... @ WL``; the slide's matrices are the transposes of ours. Both forms are checked
+against :func:`fflab.mlp.apply`. However deep, the identity net therefore draws a straight decision boundary:
+on two classes that no line separates (concentric circles, XOR) it cannot beat the best straight line (found
+by scanning directions and thresholds), while the same architecture with relu fits the data.
 """
-
-from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
@@ -19,12 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fflab
 from experiments import _common
-from fflab import mlp, train
+from fflab import mlp, options, train
 
 NAME = "linear_collapse"
 DESCRIPTION = "Identity activations collapse a deep MLP to one affine map that cannot fit circles or XOR"
 SLIDE = "On activation functions: identity would give h2 = W'x + b'"
+PAPERS = {}
 
 DATASETS = ("circles", "xor", "moons")
 
@@ -37,33 +35,20 @@ class Config:
     hidden: tuple = (32, 32, 32)
     epochs: int = 100
     batch_size: int = 20
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # Adam with a cosine schedule
     grid: int = 80
     seed: int = 0
 
 
-QUICK = Config(n=400, epochs=40, batch_size=10, grid=50)
-FULL = Config()
+QUICK, FULL = Config(n=400, epochs=40, batch_size=10, grid=50), Config()
 
 
 def make_dataset(name: str, n: int, *, noise: float = 0.08, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A two-class problem in the plane that no straight line separates.
-
-    Args:
-        name: ``circles`` (radius 0.5 inside radius 1), ``xor`` (the sign of ``x1 * x2`` on the square
-            ``[-1, 1]^2``, points within ``noise`` of an axis left out) or ``moons`` (two interleaved half
-            circles); see :data:`DATASETS`.
-        n: number of points, half of each class.
-        noise: std of the Gaussian jitter (``circles``, ``moons``) or the margin around the axes (``xor``).
-        seed: numpy seed.
-
-    Returns:
-        ``x`` of shape ``(n, 2)`` float32 and ``y`` of shape ``(n,)`` int32 in ``{0, 1}``.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
-    if n < 2:
-        raise ValueError(f"n must be at least 2, got {n}")
+    """Two classes in the plane, half the ``n`` points each: ``circles`` (radius 0.5 inside radius 1), ``xor``
+    (the sign of ``x1 x2`` on ``[-1, 1]^2``, points within ``noise`` of an axis left out) or ``moons`` (two
+    interleaved half circles, which a line nearly separates). ``noise`` is the std of a Gaussian jitter
+    (circles, moons). Returns ``x: (n, 2)`` float32 and ``y: (n,)`` int32 in ``{0, 1}``."""
+    options.check("data set", name, DATASETS)
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
     if name == "xor":
@@ -78,12 +63,10 @@ def make_dataset(name: str, n: int, *, noise: float = 0.08, seed: int = 0) -> tu
     else:
         angle = rng.uniform(0, 2 * np.pi, size=n)
         if name == "circles":
-            radius = np.where(y == 1, 0.5, 1.0)
-            x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+            x = np.where(y == 1, 0.5, 1.0)[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
         else:
             t = angle / 2  # half circles
-            upper = np.stack([np.cos(t), np.sin(t)], axis=1)
-            lower = np.stack([1 - np.cos(t), 0.5 - np.sin(t)], axis=1)
+            upper, lower = np.stack([np.cos(t), np.sin(t)], 1), np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1)
             x = np.where((y == 1)[:, None], lower, upper) - np.array([0.5, 0.25])
         x = x + noise * rng.standard_normal((n, 2))
     order = rng.permutation(n)
@@ -91,120 +74,68 @@ def make_dataset(name: str, n: int, *, noise: float = 0.08, seed: int = 0) -> tu
 
 
 def collapse(params) -> dict:
-    """The single affine layer ``{"W": W', "b": b'}`` equal to an identity-activation MLP.
-
-    For fflab's ``x @ W + b`` layout: ``W' = W1 @ W2 @ ... @ WL`` and ``b'`` by pushing each bias through the
-    layers above it. The slide's ``W' = W2 W1`` is the transpose of this for ``(n_out, n_in)`` matrices.
-
-    Args:
-        params: MLP layers ``[{"W": (n_in, n_out), "b": (n_out,)}, ...]``.
-
-    Returns:
-        ``{"W": (n_in, n_out_last), "b": (n_out_last,)}``.
-    """
+    """The single layer ``{"W": W1 @ ... @ WL, "b": (b1 @ W2 + b2) @ W3 + ...}`` equal to an identity MLP."""
     W, b = params[0]["W"], params[0]["b"]
     for layer in params[1:]:
-        W = W @ layer["W"]
-        b = b @ layer["W"] + layer["b"]
+        W, b = W @ layer["W"], b @ layer["W"] + layer["b"]
     return {"W": W, "b": b}
 
 
 def best_linear_accuracy(x: np.ndarray, y: np.ndarray, *, num_angles: int = 2048) -> float:
-    """Training accuracy of the best straight-line classifier of 2-D, two-class data.
-
-    Scans ``num_angles`` directions in ``[0, pi)``; for each it sorts the projections and tries every
-    threshold and both labellings, so the result is exact up to the angular grid (a lower bound on the true
-    optimum that is tight for a fine grid).
-
-    Args:
-        x: ``(n, 2)`` points.
-        y: ``(n,)`` labels in ``{0, 1}``.
-
-    Returns:
-        The best accuracy, a fraction in ``[0.5, 1]``.
-    """
-    x, y = np.asarray(x, np.float64), np.asarray(y)
-    if x.ndim != 2 or x.shape[1] != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"expected x: (n, 2) and y: (n,), got x: {x.shape} and y: {y.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
+    """Training accuracy of the best straight line through 2-D, two-class data: for each of ``num_angles``
+    directions, every threshold and both labellings (exact up to the angular grid, so a lower bound)."""
     theta = np.linspace(0, np.pi, num_angles, endpoint=False)
-    proj = x @ np.stack([np.cos(theta), np.sin(theta)])  # (n, angles)
-    ys = y[np.argsort(proj, axis=0)]  # labels in projection order, per angle
-    zeros = np.vstack([np.zeros((1, num_angles)), np.cumsum(ys == 0, axis=0)])  # class 0 at or below cut k
+    ys = y[np.argsort(np.asarray(x, np.float64) @ np.stack([np.cos(theta), np.sin(theta)]), axis=0)]
+    zeros_below = np.vstack([np.zeros((1, num_angles)), np.cumsum(ys == 0, axis=0)])
     ones_below = np.vstack([np.zeros((1, num_angles)), np.cumsum(ys == 1, axis=0)])
-    correct = zeros + (ones_below[-1] - ones_below)  # "0 below the cut, 1 above"
-    best = max(correct.max(), (len(y) - correct).max())  # the flipped labelling
-    return float(best / len(y))
-
-
-def _train(x, y, activation: str, config: Config, key):
-    sizes = [2, *config.hidden, 2]
-    init_key, shuffle_key = jax.random.split(key)
-    params = mlp.init(init_key, sizes)
-    steps = config.epochs * (len(x) // config.batch_size)
-    opt = train.make_optimizer("adam", config.learning_rate, schedule="cosine", total_steps=steps)
-    state = train.init_state(params, opt, shuffle_key)
-    result = train.fit(state, opt, (x, y), epochs=config.epochs, batch_size=config.batch_size,
-                       activation=activation, progress=False)
-    return result.state.params, result.history
+    correct = zeros_below + (ones_below[-1] - ones_below)  # "0 below the cut, 1 above", at every cut
+    return float(max(correct.max(), (len(y) - correct).max()) / len(y))
 
 
 def _collapse_errors(params, x) -> dict:
-    """Max abs difference between the deep identity net and its collapse, in both layouts, in float64."""
+    """Max difference between the deep identity net and its collapse relative to the logits' size, float64."""
     with jax.enable_x64(True):
-        p = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
-        x = jnp.asarray(x, jnp.float64)
-        deep = mlp.apply(p, x, activation="identity")
-        flat = collapse(p)
-        ours = x @ flat["W"] + flat["b"]
-        # The slide's layout: W_slide = W.T, h = W_slide h + b, so W'_slide = W_L.T ... W_1.T.
-        W_slide = p[-1]["W"].T
-        b_slide = p[-1]["b"]
+        p, x = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), (params, x))
+        deep, flat = mlp.apply(p, x, activation="identity"), collapse(p)
+        W_slide, b_slide = p[-1]["W"].T, p[-1]["b"]  # the slide's h = W h + b, W = our W.T: W' = W_L ... W_1
         for layer in reversed(p[:-1]):
-            b_slide = W_slide @ layer["b"] + b_slide
-            W_slide = W_slide @ layer["W"].T
-        slide = (W_slide @ x.T).T + b_slide
+            W_slide, b_slide = W_slide @ layer["W"].T, W_slide @ layer["b"] + b_slide
         scale = float(jnp.max(jnp.abs(deep)))
-        return {
-            "row_layout": float(jnp.max(jnp.abs(deep - ours))) / scale,
-            "slide_layout": float(jnp.max(jnp.abs(deep - slide))) / scale,
-            "logit_scale": scale,
-        }
+        return {"row_layout": float(jnp.max(jnp.abs(deep - (x @ flat["W"] + flat["b"])))) / scale,
+                "slide_layout": float(jnp.max(jnp.abs(deep - ((W_slide @ x.T).T + b_slide)))) / scale}
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
-    key = jax.random.key(config.seed)
-    results, claims = {}, []
+def main(config: Config, out_dir) -> dict:
+    key, results, claims, checks = jax.random.key(config.seed), {}, [], []
     for d, name in enumerate(config.datasets):
         x, y = make_dataset(name, config.n, noise=config.noise, seed=config.seed + d)
-        best = best_linear_accuracy(x, y)
         lo, hi = x.min(axis=0) - 0.3, x.max(axis=0) + 0.3
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], config.grid), np.linspace(lo[1], hi[1], config.grid))
-        grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
-        entry = {"x": x, "y": y, "best_linear_accuracy": best, "grid_x": gx[0], "grid_y": gy[:, 0]}
-        for activation in ("identity", "relu"):
-            params, history = _train(x, y, activation, config, jax.random.fold_in(key, d))
-            logits = mlp.apply(params, jnp.asarray(grid), activation=activation)
-            prob = jax.nn.softmax(logits, axis=1)[:, 1].reshape(config.grid, config.grid)
-            entry[activation] = {
-                "train_accuracy": 1 - history["train_error"][-1] / 100,
-                "train_loss": history["train_loss"],
-                "prob_class1": np.round(np.asarray(prob, np.float64), 4),
-            }
+        grid = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), jnp.float32)
+        best = best_linear_accuracy(x, y)
+        r = {"x": x, "y": y, "best_linear_accuracy": best, "grid_x": gx[0], "grid_y": gy[:, 0]}
+        for activation in ("identity", "relu"):  # the same widths, init and optimiser; only f differs
+            model = fflab.classifier(activation)
+            init_key, shuffle_key = jax.random.split(jax.random.fold_in(key, d))
+            params, _ = model.init(init_key, [2, *config.hidden, 2])
+            steps = config.epochs * (len(x) // config.batch_size)
+            opt = train.make_optimizer("adam", config.learning_rate, schedule="cosine", total_steps=steps)
+            fit = train.fit(train.init_state(params, opt, shuffle_key), opt, (x, y), loss_fn=model.loss_fn,
+                            metrics_fn=model.metrics_fn, epochs=config.epochs, batch_size=config.batch_size,
+                            progress=False)
+            prob = jax.nn.softmax(mlp.apply(fit.state.params, grid, activation=activation), axis=1)[:, 1]
+            r[activation] = {"train_accuracy": 1 - fit.history["train_error"][-1] / 100,
+                             "train_loss": fit.history["train_loss"],
+                             "prob_class1": np.round(np.asarray(prob, np.float64).reshape(gx.shape), 4)}
             if activation == "identity":
-                flat = collapse(params)
-                entry["identity"]["collapsed"] = {"W": flat["W"], "b": flat["b"]}
-                entry["identity"]["collapse_error"] = _collapse_errors(params, x)
-        results[name] = entry
-        lin, relu = entry["identity"]["train_accuracy"], entry["relu"]["train_accuracy"]
-        err = entry["identity"]["collapse_error"]
+                r["identity"]["collapsed"] = collapse(fit.state.params)
+                r["identity"]["collapse_error"] = err = _collapse_errors(fit.state.params, x)
+        results[name] = r
+        lin, relu = r["identity"]["train_accuracy"], r["relu"]["train_accuracy"]
         claims += [
             _common.claim(f"{name}: the trained {len(config.hidden)}-hidden-layer identity net equals "
                           "x W' + b' (relative max error, float64; fflab's and the slide's layout)",
-                          {k: err[k] for k in ("row_layout", "slide_layout")},
-                          max(err["row_layout"], err["slide_layout"]) < 1e-10),
+                          err, max(err.values()) < 1e-10),
             _common.claim(f"{name}: identity net is no better than the best straight line (train accuracy "
                           "vs best line)", {"identity": lin, "best_line": best}, lin <= best + 0.01),
             _common.claim(f"{name}: no straight line separates the classes (best line < 0.8)", best,
@@ -215,29 +146,22 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     notes = ("fflab computes x @ W + b with W of shape (n_in, n_out), so the collapse is W' = W1 @ W2 @ ...; "
              "the slide's W' = W2 W1 is its transpose. Best line: a scan over 2048 directions and all "
              "thresholds. Both nets: same widths, Adam with a cosine schedule via fflab.train.fit.")
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    results = payload["results"]
-    names = list(results)
-    fig, axes = plt.subplots(len(names), 2, figsize=(8, 4 * len(names)), squeeze=False,
-                             layout="constrained")
-    for row, name in enumerate(names):
-        r = results[name]
+    plt, results = _common.style(), payload["results"]
+    fig, axes = plt.subplots(len(results), 2, figsize=(8, 4 * len(results)), squeeze=False, layout="constrained")
+    for row, (name, r) in enumerate(results.items()):
         x, y = np.asarray(r["x"]), np.asarray(r["y"])
-        for col, activation in enumerate(("identity", "relu")):
-            ax = axes[row, col]
-            a = r[activation]
-            ax.contourf(r["grid_x"], r["grid_y"], np.asarray(a["prob_class1"]), levels=np.linspace(0, 1, 11),
-                        cmap="RdBu_r", alpha=0.6)
-            ax.contour(r["grid_x"], r["grid_y"], np.asarray(a["prob_class1"]), levels=[0.5], colors="k",
-                       linewidths=1.2)
+        for ax, activation in zip(axes[row], ("identity", "relu"), strict=True):
+            prob = np.asarray(r[activation]["prob_class1"])
+            ax.contourf(r["grid_x"], r["grid_y"], prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
+            ax.contour(r["grid_x"], r["grid_y"], prob, levels=[0.5], colors="k", linewidths=1.2)
             ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=6, edgecolors="none")
-            title = f"{name}, {activation}: train acc {a['train_accuracy']:.1%}"
+            title = f"{name}, {activation}: train acc {r[activation]['train_accuracy']:.1%}"
             if activation == "identity":
                 title += f"\n(best straight line {r['best_linear_accuracy']:.1%})"
             ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", aspect="equal",
