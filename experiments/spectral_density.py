@@ -57,13 +57,13 @@ from jax.flatten_util import ravel_pytree
 import analysis
 from analysis import spectrum
 from experiments import _common
-from fflab import data, losses, mlp, train
-from fflab import norm as fnorm
+from fflab import classifier, data, train
 
 NAME = "spectral_density"
 DESCRIPTION = "SLQ Hessian densities of the MNIST-size net (init, trained; plain, BN): bulk and outliers"
 SLIDE = "Eigenvalues of the Hessian (LeCun et al. 1998); Why does BN work? Hessian spectrum (part 3)"
 
+NORMS = {"plain": None, "bn": "batchnorm"}
 SETTINGS = (("plain", "init"), ("plain", "trained"), ("bn", "init"), ("bn", "trained"))
 
 
@@ -105,107 +105,42 @@ FULL = Config()
 
 
 # --------------------------------------------------------------------------------------------------
-# losses (module-level and cached, so that analysis reuses its compiled programs)
-
-
-def _plain_logits(params, x, *, activation):
-    return mlp.apply(params, x, activation=activation)
-
-
-def _bn_logits(params, x, model_state, *, activation, train_mode):
-    logits, _ = fnorm.apply(params, model_state, x, norm="batchnorm", activation=activation, train=train_mode)
-    return logits
-
-
-def _plain_loss(params, x, y, *, activation):
-    return losses.cross_entropy(_plain_logits(params, x, activation=activation), y)
-
-
-def _bn_loss(params, x, y, model_state, *, activation, train_mode):
-    logits = _bn_logits(params, x, model_state, activation=activation, train_mode=train_mode)
-    return losses.cross_entropy(logits, y)
-
-
-@functools.cache
-def plain_loss(activation: str):
-    """``loss(params, x, y)``: mean cross-entropy of the plain MLP."""
-    return functools.partial(_plain_loss, activation=activation)
-
-
-@functools.cache
-def bn_loss(activation: str, train_mode: bool = True):
-    """``loss(params, x, y, model_state)`` of the BN MLP; ``train_mode``: the batch statistics of ``x``."""
-    return functools.partial(_bn_loss, activation=activation, train_mode=train_mode)
-
-
-def loss_and_args(net: str, params, model_state, x, y, activation: str):
-    """The Hessian's ``loss_fn`` and data args for network kind ``net`` (``"plain"`` or ``"bn"``)."""
-    if net == "plain":
-        return plain_loss(activation), (x, y)
-    return bn_loss(activation, True), (x, y, model_state)
-
-
-def _bn_batch_logits(params, x, *, activation):
-    # Training-mode batch norm: the running statistics are not read, so an empty-free dummy state works.
-    state = tuple(fnorm.BatchNormState(jnp.zeros_like(layer["gamma"]), jnp.ones_like(layer["gamma"]))
-                  for layer in params[:-1])
-    return _bn_logits(params, x, state, activation=activation, train_mode=True)
-
-
-@functools.cache
-def logits_fn(net: str, activation: str):
-    """``f(params, x) -> logits`` of the network the Hessian is taken of (BN: batch statistics of ``x``)."""
-    if net == "plain":
-        return functools.partial(_plain_logits, activation=activation)
-    return functools.partial(_bn_batch_logits, activation=activation)
-
-
-# --------------------------------------------------------------------------------------------------
 # training
 
 
 def train_network(config: Config, ds: data.Dataset, net: str, *, hidden=None, epochs=None, test=True):
-    """Train the plain (``net="plain"``) or batch-norm network with SGD + momentum.
+    """Train the plain (``net="plain"``) or batch-norm (``"bn"``) preset with SGD + momentum.
 
     Returns:
-        ``(init_params, init_model_state, params, model_state, history)``; ``model_state`` is ``()`` plain.
+        ``(init_params, init_model_state, params, model_state, history)``; the states are ``None`` plain.
     """
-    hidden = config.hidden if hidden is None else hidden
-    epochs = config.epochs if epochs is None else epochs
-    sizes = [ds.x_train.shape[1], *hidden, ds.num_classes]
+    model = classifier(config.activation, NORMS[net])
+    sizes = [ds.x_train.shape[1], *(config.hidden if hidden is None else hidden), ds.num_classes]
     key_init, key_data = jax.random.split(jax.random.key(config.seed))
     opt = train.make_optimizer("momentum", config.learning_rate, momentum=config.momentum)
-    if net == "plain":
-        params, model_state = mlp.init(key_init, sizes, init=config.init), ()
-        state = train.init_state(params, opt, key_data)
-        kw = {}
-    elif net == "bn":
-        params, model_state = fnorm.init(key_init, sizes, norm="batchnorm", init=config.init)
-        state = train.init_state(params, opt, key_data, model_state=model_state)
-        kw = {"norm": "batchnorm"}
-    else:
-        raise ValueError(f"unknown network {net!r}; valid names: plain, bn")
-    result = train.fit(state, opt, (ds.x_train, ds.y_train), epochs=epochs, batch_size=config.batch_size,
-                       activation=config.activation, test=(ds.x_test, ds.y_test) if test else None,
-                       progress=False, **kw)
-    final_state = getattr(result.state, "model_state", ())
-    return params, model_state, result.state.params, final_state, result.history
+    params, model_state = model.init(key_init, sizes, init=config.init)
+    result = train.fit(train.init_state(params, opt, key_data, model_state=model_state), opt,
+                       (ds.x_train, ds.y_train), loss_fn=model.loss_fn, metrics_fn=model.metrics_fn,
+                       epochs=config.epochs if epochs is None else epochs, batch_size=config.batch_size,
+                       test=(ds.x_test, ds.y_test) if test else None, progress=False)
+    return params, model_state, result.state.params, result.state.model_state, result.history
+
+
+def hessian_loss(net: str, activation: str):
+    """The loss the Hessian is taken of: ``loss(params, x, y)`` plain, ``loss(params, model_state, x, y)``
+    with BN (training mode: the batch statistics of the Hessian's subset, the state held fixed)."""
+    model = classifier(activation, NORMS[net])
+    return train.freeze(model.loss_fn) if model.stateful else model.loss_fn
 
 
 # --------------------------------------------------------------------------------------------------
 # analysis pieces
 
 
-def subset(ds: data.Dataset, n: int, seed: int):
-    """A fixed random subset of ``n`` training images (the same for every setting)."""
-    idx = np.sort(np.random.default_rng(seed).choice(ds.x_train.shape[0], size=n, replace=False))
-    return ds.x_train[idx], ds.y_train[idx]
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _logit_gradient_means(f, params, x, weights):
+def _logit_gradient_means(apply, params, model_state, x, weights):
     """``M[c, c'] = sum_i weights[c, i] d z_c'(x_i) / d theta`` as ``(C, C, P)``, and the softmax outputs."""
-    logits, pullback = jax.vjp(lambda p: f(p, x), params)
+    logits, pullback = jax.vjp(lambda p: apply(p, model_state, x, train=True)[0], params)
     eye = jnp.eye(logits.shape[1], dtype=logits.dtype)
 
     def one(w):
@@ -214,7 +149,7 @@ def _logit_gradient_means(f, params, x, weights):
     return jax.lax.map(one, weights), jax.nn.softmax(logits, axis=-1)
 
 
-def class_mean_gram(f, params, x, y, num_classes: int):
+def class_mean_gram(apply, params, model_state, x, y, num_classes: int):
     """Gram matrix of the class means of logit gradients, weighted by each class's mean softmax Hessian.
 
     With ``J_i = d z(x_i) / d theta`` (``C x P``) and ``H_i = diag(p_i) - p_i p_i^T``, the Gauss-Newton
@@ -226,8 +161,9 @@ def class_mean_gram(f, params, x, y, num_classes: int):
     ``C^2 x C^2`` Gram matrix ``B B^T``, cheap to form. Its top eigenvalues are compared with the outliers.
 
     Args:
-        f: ``f(params, x) -> logits (n, C)``, hashable.
-        params, x, y: the point and the data (``y`` int labels).
+        apply: a preset's ``apply(params, model_state, x, train=True) -> (logits (n, C), state)``; BN
+            normalises with the statistics of ``x`` itself, as the Hessian's loss does.
+        params, model_state, x, y: the point and the data (``y`` int labels).
         num_classes: ``C``.
 
     Returns:
@@ -239,7 +175,7 @@ def class_mean_gram(f, params, x, y, num_classes: int):
     counts = masks.sum(1)
     weights = masks / np.maximum(counts, 1)[:, None]
     dtype = ravel_pytree(params)[0].dtype
-    means, probs = _logit_gradient_means(f, params, x, jnp.asarray(weights, dtype))
+    means, probs = _logit_gradient_means(apply, params, model_state, x, jnp.asarray(weights, dtype))
     means, probs = np.asarray(means, np.float64), np.asarray(probs, np.float64)
     rows = []
     for c in range(C):
@@ -277,8 +213,10 @@ def _value_and_flat_grad(loss_fn, params, *args):
     return value, ravel_pytree(grad)[0]
 
 
-def analyse(loss_fn, params, args, f, x, y, config: Config, key, num_classes: int) -> dict:
+def analyse(net: str, params, model_state, x, y, config: Config, key, num_classes: int) -> dict:
     """SLQ density, top eigenvalues, outliers, Papyan's Gram check and gradient shares at one point."""
+    loss_fn = hessian_loss(net, config.activation)
+    args = (x, y) if model_state is None else (model_state, x, y)
     key_slq, key_eig = jax.random.split(key)
     matvec, dim = analysis.hessian_operator(loss_fn, params, *args)
     tic = time.perf_counter()
@@ -294,7 +232,8 @@ def analyse(loss_fn, params, args, f, x, y, config: Config, key, num_classes: in
     vecs = np.asarray(top.eigenvectors, np.float64)
     n_out, edge = spectrum.outliers(top_vals)
     value, grad = _value_and_flat_grad(loss_fn, params, *args)
-    gram, rows = class_mean_gram(f, params, x, y, num_classes)
+    gram, rows = class_mean_gram(classifier(config.activation, NORMS[net]).apply, params, model_state, x, y,
+                                 num_classes)
     gram_eigs = np.sort(np.linalg.eigvalsh(gram))[::-1][: 2 * num_classes]
     # top 1, top C and the outlier subspace (0 outliers: an empty subspace holds none of the gradient)
     shares = {"1": gradient_share(grad, vecs[:, :1]), "C": gradient_share(grad, vecs[:, :num_classes]),
@@ -365,15 +304,14 @@ def dense_check(config: Config, ds: data.Dataset, key, params=None) -> dict:
     if params is None:
         _, _, params, _, _ = train_network(config, small, "plain", hidden=(config.check_hidden,),
                                            epochs=config.check_epochs, test=False)
-    xs, ys = subset(small, config.check_samples, config.seed + 1)
-    loss = plain_loss(config.activation)
+    xs, ys = _common.subset(xp, ds.y_train, config.check_samples, config.seed + 1)
+    loss = hessian_loss("plain", config.activation)
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
         x64, y64 = jnp.asarray(xs, jnp.float64), jnp.asarray(ys)
         H = np.asarray(analysis.hessian(loss, p64, x64, y64), np.float64)
         exact = spectrum.eigenvalues(H)
-        f = logits_fn("plain", config.activation)
-        res = analyse(loss, p64, (x64, y64), f, x64, y64, config, key, ds.num_classes)
+        res = analyse("plain", p64, None, x64, y64, config, key, ds.num_classes)
     desc = exact[::-1]
     k = config.top_k
     n_exact, edge_exact = spectrum.outliers(desc[:k])
@@ -406,7 +344,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     out_dir = out_dir or _common.default_out(config == QUICK)
     ds = data.load(config.dataset, data_dir=config.data_dir)
     C = ds.num_classes
-    xs, ys = subset(ds, config.hessian_samples, config.seed)
+    xs, ys = _common.subset(ds.x_train, ds.y_train, config.hessian_samples, config.seed)
     key = jax.random.key(config.seed + 100)
     nets, histories, test_error = {}, {}, {}
     for net in ("plain", "bn"):
@@ -424,10 +362,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         for i, (net, when) in enumerate(SETTINGS):
             params, model_state = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), dtype),
                                                          nets[(net, when)])
-            loss_fn, args = loss_and_args(net, params, model_state, x, y, config.activation)
-            f = logits_fn(net, config.activation)
-            per[f"{net}_{when}"] = analyse(loss_fn, params, args, f, x, y, config, jax.random.fold_in(key, i),
-                                           C)
+            per[f"{net}_{when}"] = analyse(net, params, model_state, x, y, config, jax.random.fold_in(key, i), C)
     shared = nets[("plain", "trained")][0] if shares_plain_network(config) else None
     check = dense_check(config, ds, jax.random.fold_in(key, 99), shared)
 
@@ -452,7 +387,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         "num_classes": C,
     }
     notes = notes_text(config, per, check, C)
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
