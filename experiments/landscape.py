@@ -36,14 +36,13 @@ import numpy as np
 
 from analysis import landscape as ls
 from experiments import _common
-from experiments import spectral_density as sd
-from fflab import data
+from fflab import classifier, data, train
 
 NAME = "landscape"
 DESCRIPTION = "1-D interpolation from init to solution and 2-D filter-normalised loss slices, plain and BN"
 SLIDE = "Why does BN work? (part 3): the loss surface along lines and planes (Goodfellow 2015; Li 2018)"
 
-NETS = ("plain", "bn")
+NETS = {"plain": None, "bn": "batchnorm"}  # net -> the preset's norm
 
 
 @dataclass(frozen=True)
@@ -76,37 +75,42 @@ FULL = Config()
 
 def evaluate_landscape(config: Config, ds: data.Dataset, net: str, key) -> dict:
     """Train one network and evaluate its line and plane."""
-    p0, s0, p1, s1, hist = sd.train_network(config, ds, net)
-    xtr, ytr = sd.subset(ds, min(config.eval_samples, ds.x_train.shape[0]), config.seed)
+    model = classifier(config.activation, NETS[net])
+    key_init, key_data = jax.random.split(jax.random.key(config.seed))
+    opt = train.make_optimizer("momentum", config.learning_rate, momentum=config.momentum)
+    p0, s0 = model.init(key_init, [ds.x_train.shape[1], *config.hidden, ds.num_classes], init=config.init)
+    fit = train.fit(train.init_state(p0, opt, key_data, model_state=s0), opt, (ds.x_train, ds.y_train),
+                    loss_fn=model.loss_fn, metrics_fn=model.metrics_fn, epochs=config.epochs,
+                    batch_size=config.batch_size, test=(ds.x_test, ds.y_test), progress=False)
+    p1, s1, hist = fit.state.params, fit.state.model_state, fit.history
+    xtr, ytr = _common.subset(ds.x_train, ds.y_train, min(config.eval_samples, ds.x_train.shape[0]), config.seed)
     n_test = min(config.eval_samples, ds.x_test.shape[0])
     xte, yte = ds.x_test[:n_test], ds.y_test[:n_test]
     sets = {"train": (jnp.asarray(xtr, jnp.float32), jnp.asarray(ytr)),
             "test": (jnp.asarray(xte, jnp.float32), jnp.asarray(yte))}
     out = {"test_error": float(hist["test_error"][-1]), "train_loss_full": float(hist["train_loss"][-1])}
     if net == "plain":
-        line_loss, line_extra = sd.plain_loss(config.activation), ()
-        plane_loss, plane_extra = line_loss, ()
-    else:
-        line_loss, line_extra = sd.bn_loss(config.activation, True), (s1,)
-        plane_loss, plane_extra = sd.bn_loss(config.activation, False), (s1,)
+        line_loss = plane_loss = model.loss_fn
+        state = ()
+    else:  # the state (running averages) is a data argument; the loss in training mode ignores it
+        line_loss, plane_loss, state = train.freeze(model.loss_fn), train.freeze(model.eval_loss_fn), (s1,)
     line = {}
     for name, (x, y) in sets.items():
-        alphas, losses = ls.interpolate(line_loss, p0, p1, x, y, *line_extra, num=config.line_points,
+        alphas, losses = ls.interpolate(line_loss, p0, p1, *state, x, y, num=config.line_points,
                                         extend=config.extend, batch_size=4)
         line[name] = np.asarray(losses, np.float64)
-        line[f"{name}_end_points"] = [float(line_loss(p0, x, y, *line_extra)),
-                                      float(line_loss(p1, x, y, *line_extra))]
+        line[f"{name}_end_points"] = [float(line_loss(p0, *state, x, y)), float(line_loss(p1, *state, x, y))]
         if net == "bn":
-            _, eval_losses = ls.interpolate(plane_loss, p0, p1, x, y, s1, num=config.line_points,
+            _, eval_losses = ls.interpolate(plane_loss, p0, p1, *state, x, y, num=config.line_points,
                                             extend=config.extend, batch_size=4)
             line[f"{name}_eval_mode"] = np.asarray(eval_losses, np.float64)
     line["alphas"] = np.asarray(alphas, np.float64)
     d1, d2 = ls.random_directions(key, p1, 2, normalize="filter", biases="zero")
     x, y = sets["train"]
-    X, Y, Z = ls.slice_2d(plane_loss, p1, d1, d2, x, y, *plane_extra, span=(-config.span, config.span),
+    X, Y, Z = ls.slice_2d(plane_loss, p1, d1, d2, *state, x, y, span=(-config.span, config.span),
                           num=config.grid, batch_size=8)
     Z = np.asarray(Z, np.float64)
-    centre = float(plane_loss(p1, x, y, *plane_extra))
+    centre = float(plane_loss(p1, *state, x, y))
     out.update({"line": line, "plane": {"ticks": np.asarray(X[0], np.float64), "loss": Z, "centre": centre},
                 **plane_stats(np.asarray(X[0], np.float64), Z, config.radius)})
     return out
@@ -182,7 +186,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     ]
     results = {"nets": per, "bumps": bumps}
     notes = notes_text(config, per)
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
@@ -191,7 +195,7 @@ def notes_text(config: Config, per: dict) -> str:
     notes = (
         f"Data: {config.dataset} (Fashion-MNIST stands in for MNIST). Networks: {list(config.hidden)} hidden "
         f"relu units, trained {config.epochs} epochs by SGD with momentum {config.momentum:g} at lr "
-        f"{config.learning_rate:g} (experiments.spectral_density.train_network). Losses on fixed subsets of "
+        f"{config.learning_rate:g} (fflab.classifier presets). Losses on fixed subsets of "
         f"{config.eval_samples} training and test images. BN: the line uses training-mode normalisation with "
         "the statistics of the evaluation subset (the running averages exist only at the trained end; the "
         "eval-mode loss with them is drawn dotted); the plane uses eval mode with the trained running "
