@@ -181,16 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- interrupts ---
 
-# Ctrl-C is recorded here as well as raised: a KeyboardInterrupt that lands inside a callback whose errors
-# Python ignores (JAX's garbage-collection hook, early in a run) is lost, so the command checks the flag again
-# at every epoch and before it reports success.
+# Ctrl-C is recorded here, and raised as KeyboardInterrupt only where that is safe. Raised inside an import
+# (JAX's C extension fails to initialise and Python reports an ImportError) or inside a garbage-collection
+# callback (Python prints "Exception ignored" and drops it), it would be lost or turn into a traceback; there
+# the flag alone is set, and the command checks it at its next step: after JAX loads, after the data, after
+# every epoch and before it reports success.
 _interrupted = False
+
+
+def _unsafe(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib") or "gc_callback" in code.co_name:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _on_sigint(signum, frame):
     global _interrupted
     _interrupted = True
-    raise KeyboardInterrupt
+    if not _unsafe(frame):
+        raise KeyboardInterrupt
 
 
 def _check_interrupt(*_):
@@ -297,14 +309,15 @@ def _train(args) -> int:
 
 def _train_locked(args, out: Path) -> int:
     config, meta = _config(args, out)
-    _check_interrupt()
     import jax  # noqa: F401  (loads here, under the interrupt handler)
 
     from fflab import checkpoint, data, mlp, runs, train
 
+    _check_interrupt()
     ds = data.load(
         config["dataset"], data_dir=config["data_dir"], validation=config["validation"], seed=config["seed"]
     )
+    _check_interrupt()
     n, d = ds.x_train.shape
     if config["batch_size"] > n:
         raise UsageError(f"--batch-size {config['batch_size']} exceeds the {n} training samples")

@@ -558,8 +558,9 @@ def _parse_idx_files(name: str, paths: list[Path]) -> Dataset:
     image_shape = tuple(int(s) for s in x_tr.shape[1:])
 
     d = math.prod(image_shape)
-    if x_tr.shape[0] == 0:
-        raise DataError(f"{train_x} holds no images: the training set is empty")
+    for xs, xp, what in ((x_tr, train_x, "training"), (x_te, test_x, "test")):
+        if xs.shape[0] == 0:
+            raise DataError(f"{xp} holds no images: the {what} set is empty")
 
     def flat(images):
         out = images.reshape(images.shape[0], d).astype(np.float32)
