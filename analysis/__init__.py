@@ -18,7 +18,7 @@ _FUNCTIONS = {
     "spectral_density": "density",
     "trace": "density",
 }
-_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "sharding")
+_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "sharding", "plots")
 
 __all__ = sorted([*_FUNCTIONS, *_MODULES])
 
