@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-__all__ = ["block", "median_time", "peak_rss_bytes", "print_table", "write_json"]
+__all__ = ["block", "median_time", "peak_rss_bytes", "print_table"]
 
 
 def block(value: Any) -> Any:
@@ -66,8 +64,3 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write the benchmark's results as JSON (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, default=float))

@@ -41,8 +41,9 @@ from jax.flatten_util import ravel_pytree
 jax.config.update("jax_enable_x64", True)
 
 import analysis  # noqa: E402
-from benchmarks._timing import block, median_time, peak_rss_bytes, print_table, write_json  # noqa: E402
+from benchmarks._timing import block, median_time, peak_rss_bytes, print_table  # noqa: E402
 from fflab import checkpoint, data, losses, mlp, train  # noqa: E402
+from fflab.files import write_json  # noqa: E402
 
 SECTIONS = ("a", "b", "c", "d")
 DTYPES = ("float64", "float32")

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import train_throughput as tt
-from fflab import data, train
+from fflab import data, presets, train
 
 __all__ = ["kernel_times", "matmul_kernels", "main"]
 
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     x, y = jnp.asarray(ds.x_train, jnp.float32), jnp.asarray(ds.y_train)
     _, optimizer, state, _ = tt.fflab_setup(jax.random.key(0))
-    epoch = train.make_train_epoch(optimizer, batch_size=tt.BATCH_SIZE, record_grad_norm=args.grad_norm)
+    epoch = train.make_train_epoch(optimizer, loss_fn=presets.classifier("relu").loss_fn, batch_size=tt.BATCH_SIZE,
+                                   record_grad_norm=args.grad_norm)
     steps = x.shape[0] // tt.BATCH_SIZE
     flops = tt.epoch_flops(tt.SIZES, steps * tt.BATCH_SIZE)
     matmuls = matmul_kernels(epoch.lower(state, x, y).compile().as_text())
