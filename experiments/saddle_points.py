@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import analysis
 from experiments import _common
-from fflab import data, losses, mlp
+from fflab import data, losses, mlp, train
 
 NAME = "saddle_points"
 DESCRIPTION = ("Critical points of a small tanh MLP: the index rises with the loss, minima lie near the "
@@ -91,39 +91,6 @@ def _loss(params, x, y, weight_decay):
     return losses.cross_entropy(logits, y) + weight_decay * losses.l2(params, weights_only=False)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "record", "batch_size"))
-def _sgd_paths(params, keys, x, y, weight_decay, lr, *, steps, record, batch_size):
-    """Minibatch SGD from each start (leading axis of ``params`` and ``keys``), parameters kept at ``record``.
-
-    Here rather than :func:`fflab.train.fit`: the loss is this module's (L2 on biases too), and the parameters
-    are kept at arbitrary steps inside one compiled scan, vmapped over all starts.
-
-    Returns:
-        ``(paths, final)``: ``paths`` with leaves ``(starts, len(record), ...)`` holding the parameters after
-        ``record[i]`` updates, and the parameters after ``steps`` updates.
-    """
-    slot = np.full(steps, -1, np.int32)
-    slot[list(record)] = np.arange(len(record))
-
-    def one(p0, key):
-        def step(carry, inputs):
-            p, buf = carry
-            k, s = inputs
-            def keep(b, leaf):
-                return jnp.where(s >= 0, lax.dynamic_update_index_in_dim(b, leaf, jnp.maximum(s, 0), 0), b)
-
-            buf = jax.tree.map(keep, buf, p)
-            idx = jax.random.choice(k, x.shape[0], (batch_size,), replace=False)
-            g = jax.grad(_loss)(p, x[idx], y[idx], weight_decay)
-            return (jax.tree.map(lambda a, b: a - lr * b, p, g), buf), None
-
-        buf0 = jax.tree.map(lambda leaf: jnp.zeros((len(record), *leaf.shape), leaf.dtype), p0)
-        (p, buf), _ = lax.scan(step, (p0, buf0), (jax.random.split(key, steps), jnp.asarray(slot)))
-        return buf, p
-
-    return jax.vmap(one)(params, keys)
-
-
 @functools.partial(jax.jit, static_argnames=("steps",))
 def _lbfgs(params, x, y, weight_decay, *, steps):
     """Full-batch L-BFGS (optax) from each start (leading axis of ``params``): the trained local minima."""
@@ -175,10 +142,10 @@ def _losses(params, x, y, weight_decay):
     return jax.vmap(jax.vmap(lambda p: _loss(p, x, y, weight_decay)))(params)
 
 
-def record_steps(steps: int, records: int) -> tuple[int, ...]:
-    """Up to ``records`` distinct steps in ``[0, steps)``: 0 (the random start), then geometrically spaced
-    from step 10 (the loss changes fastest early; the first few steps all lead to the same saddle)."""
-    later = np.geomspace(min(10, steps - 1), steps - 1, max(records - 1, 1)).round().astype(int)
+def record_epochs(epochs: int, records: int) -> tuple[int, ...]:
+    """Up to ``records`` distinct epochs in ``[0, epochs]``: 0 (the random start), then geometrically spaced
+    from epoch 1 to the end (the loss changes fastest early)."""
+    later = np.geomspace(1, epochs, max(records - 1, 1)).round().astype(int)
     return tuple(int(s) for s in np.unique(np.r_[0, later]))
 
 
@@ -281,7 +248,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         raise ValueError(f"unknown method {config.method!r}; valid names: newton, gradnorm")
     with jax.enable_x64(True):  # the index needs eigenvalues ~1e-4 resolved next to ~1
         results, claims, notes = _run(config)
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
@@ -296,15 +263,21 @@ def _run(config: Config):
     args = (x, y, wd)
     key_init, key_sgd, key_escape = jax.random.split(jax.random.key(config.seed), 3)
     sizes = [config.dim, config.hidden, config.num_classes]
-    # One start per key, stacked on the host: the same numbers as vmapping mlp.init, which would compile
-    # every operation of the initialiser again in batched form.
-    starts = jax.tree.map(lambda *leaves: np.stack(leaves), *[
-        mlp.init(k, sizes, init="glorot", scale=config.init_scale, dtype=jnp.float64)
-        for k in jax.random.split(key_init, config.trajectories)])
-    record = record_steps(config.sgd_steps, config.records)
-    paths, ends = _sgd_paths(starts, jax.random.split(key_sgd, config.trajectories), x, y, wd,
-                             jnp.asarray(config.sgd_lr, jnp.float64), steps=config.sgd_steps, record=record,
-                             batch_size=config.batch_size)
+    starts = [mlp.init(k, sizes, init="glorot", scale=config.init_scale, dtype=jnp.float64)
+              for k in jax.random.split(key_init, config.trajectories)]
+    # Minibatch SGD from each start by fflab.train.fit, the parameters kept at the recorded epochs.
+    epochs = config.sgd_steps // (config.n_train // config.batch_size)
+    record = record_epochs(epochs, config.records)
+    opt = optax.sgd(config.sgd_lr)
+    sgd_loss = functools.partial(_loss, weight_decay=config.weight_decay)
+    runs = [train.fit(train.init_state(p0, opt, k), opt, (x, y), loss_fn=sgd_loss, epochs=epochs,
+                      batch_size=config.batch_size, eval_every=epochs, snapshot_epochs=record, progress=False)
+            for p0, k in zip(starts, jax.random.split(key_sgd, config.trajectories), strict=True)]
+    def stack(trees):
+        return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+
+    paths = stack([stack([r.snapshots[e] for e in record]) for r in runs])
+    ends = stack([r.state.params for r in runs])
     trained = _lbfgs(ends, x, y, wd, steps=config.lbfgs_steps)
     # Every start on the host, the trained end after the path points: indexing numpy costs no compilation.
     seeds = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)[:, None]], axis=1),
@@ -317,9 +290,10 @@ def _run(config: Config):
     found = []
     bar = tqdm(total=config.trajectories * (len(record) + 1), desc="critical points", disable=None)
     for t in range(config.trajectories):  # Dauphin et al.: the root finder from points along SGD
-        for r, step in enumerate(record):
+        for r, epoch in enumerate(record):
             res = _find(take(t, r), args, config, config.method)
-            found.append(_describe(res, "sgd path", float(seed_losses[t, r]), step, args, config.grad_tol))
+            found.append(_describe(res, "sgd path", float(seed_losses[t, r]), epoch * config.n_train
+                                   // config.batch_size, args, config.grad_tol))
             bar.update()
     for t in range(config.trajectories):  # the trained minima, polished by Newton's method
         res = _find(take(t, len(record)), args, config, "newton")
@@ -345,7 +319,7 @@ def _run(config: Config):
     saddle = _pick_saddle(points, config)
     escape = _escape(saddle, args, config, key_escape) if saddle is not None else None
 
-    n_params = mlp.num_params(starts) // config.trajectories
+    n_params = mlp.num_params(starts[0])
     claims = [
         _common.claim(
             "Dauphin et al. 2014: the index (fraction of negative Hessian eigenvalues) of a critical point "
@@ -383,7 +357,7 @@ def _run(config: Config):
     spectra = _spectra(points)
     results = {
         "parameters": n_params,
-        "record_steps": list(record),
+        "record_steps": [e * (config.n_train // config.batch_size) for e in record],
         "solves": len(found),
         "converged": len(converged),
         "distinct": len(points),
