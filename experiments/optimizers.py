@@ -14,14 +14,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from experiments import _common, mnist_mlp
+import fflab
+from experiments import _common
 from fflab import data, train
 
 NAME = "optimizers"
 DESCRIPTION = "Six optimisers (SGD ... Adadelta), constant vs annealed step, same budget: who needs annealing"
 SLIDE = "Mini-batch training: important to anneal stepsize towards the end; adaptation (Adam, Adagrad, ...)"
+PAPERS = {}
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "adadelta")
 ADAPTIVE = ("adam", "adagrad", "adadelta")
@@ -62,15 +65,17 @@ def learning_rates(config: Config) -> dict[str, float]:
 
 def _run(config: Config, ds: data.Dataset, name: str, lr: float, schedule: str, epochs: int) -> dict:
     """One training run; ``{"history", "diverged"}`` (a diverged run keeps no history)."""
-    net = mnist_mlp.Config(dataset=config.dataset, hidden=config.hidden, seed=config.seed)
-    params, key_data = mnist_mlp.initial_params(net, ds)
+    model = fflab.classifier("relu")
+    key_init, key_data = jax.random.split(jax.random.key(config.seed))
+    params, _ = model.init(key_init, [ds.x_train.shape[1], *config.hidden, ds.num_classes])
     steps = epochs * (ds.x_train.shape[0] // config.batch_size)
     opt = train.make_optimizer(name, lr, schedule=schedule, total_steps=steps, decay_to=config.decay_to,
                                momentum=config.momentum, weight_decay=config.weight_decay)
     state = train.init_state(params, opt, key_data)
     try:
-        fit = train.fit(state, opt, (ds.x_train, ds.y_train), epochs=epochs, batch_size=config.batch_size,
-                        test=(ds.x_test, ds.y_test), progress=sys.stderr.isatty())
+        fit = train.fit(state, opt, (ds.x_train, ds.y_train), loss_fn=model.loss_fn, metrics_fn=model.metrics_fn,
+                        epochs=epochs, batch_size=config.batch_size, test=(ds.x_test, ds.y_test),
+                        progress=sys.stderr.isatty())
     except train.NonFiniteLossError as err:
         return {"history": {}, "diverged": True, "diverged_epoch": err.epoch}
     return {"history": fit.history, "diverged": False}
@@ -186,7 +191,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     if diverged:
         notes += f" Diverged (non-finite loss): {', '.join(diverged)}."
     notes += _explain(claims, gain, g_sgd, g_adam)
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
@@ -234,7 +239,7 @@ def plot(payload: dict, out_dir) -> None:
         label = f"{run['optimizer']} ({run['learning_rate']:g})" if run["schedule"] != "constant" else None
         for ax, metric in zip(axes, ("train_loss", "test_error"), strict=True):
             ax.plot(h["epoch"], h[metric], ls=style, color=colors[run["optimizer"]], label=label, lw=1.4)
-    mnist_mlp.log_axis(axes[0])
+    axes[0].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[0].set(title="training loss", ylabel="cross-entropy (whole training set)")
@@ -260,7 +265,7 @@ def plot(payload: dict, out_dir) -> None:
         ax.set_xticks(x, names)
         ax.set_title(title)
         if metric == "train_loss":
-            mnist_mlp.log_axis(ax)
+            ax.set_yscale("log")
             for xi, n in zip(x, names, strict=True):
                 g = r["annealing_gain_train_loss"][n]
                 top = max(s[n]["constant"][metric], s[n]["annealed"][metric])
@@ -302,7 +307,7 @@ def plot(payload: dict, out_dir) -> None:
         factors = sorted({round(f, 6) for f in (1.0, *cfg["sweep_factors"], *cfg["tune_factors"])})
         ax.set_xticks(factors, [f"{f:g}x" for f in factors])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
-        mnist_mlp.log_axis(ax)
+        ax.set_yscale("log")
         ax.legend(fontsize=8, handlelength=3)
     _common.savefig(fig, out_dir, f"{NAME}_steps")
 
