@@ -123,7 +123,7 @@ def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progre
             editing an experiment, run it without ``resume``.
         interrupted: called between experiments; raise from it to stop (the command line's Ctrl-C check).
     """
-    from tqdm.auto import tqdm
+    from fflab.progress import tqdm
 
     todo = _expand(names)
     out = Path(out_dir) if out_dir else _common.default_out(quick)

@@ -505,7 +505,7 @@ def _load_idx_dataset(
 
 def _download(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float) -> None:
     """Stream ``url`` to a temporary file beside ``dest``, renamed to ``dest`` only if its SHA-256 matches."""
-    from tqdm.auto import tqdm
+    from fflab.progress import tqdm
 
     if not sha256:
         raise DataError(f"{url}: no known SHA-256 for {dest.name}, refusing to trust an unchecked download")
