@@ -34,11 +34,13 @@ from fflab import losses, mlp
 __all__ = [
     "ActivationStats",
     "GradientStats",
+    "SecondMoments",
     "activation_frequency",
     "activation_stats",
     "cotangent_loss",
     "dead_units",
     "gradient_stats",
+    "second_moments",
 ]
 
 
@@ -167,6 +169,43 @@ def gradient_stats(
         jnp.stack([jnp.var(g) for g in g_W]),
         _second_moment(g_W),
     )
+
+
+class SecondMoments(NamedTuple):
+    """Per-layer lengths of the forward and backward signal, each of shape ``(L,)``."""
+
+    forward: jax.Array
+    backward: jax.Array
+
+
+def second_moments(params, x, cotangent, *, activation: str | Callable = "relu") -> SecondMoments:
+    """The second moments ``E[z_l^2]`` of the pre-activations and ``E[delta_l^2]`` of the back-propagated signal.
+
+    The lecture's "exponential growth/decay forward and backward" in two numbers per layer: ``delta_l = dC/dz_l``
+    for ``C = sum(z_L * cotangent)``, so the given output signal (e.g. ``N(0, 1)``) is propagated back unscaled,
+    whatever the logits are. One forward and one reverse pass (``jax.vjp`` at zero shifts of the ``z_l``, as
+    in :func:`gradient_stats`); the same numbers as ``activation_stats(...).pre_second_moment`` and
+    ``gradient_stats(..., cotangent, loss=cotangent_loss).delta_second_moment``. This second moment is the
+    length ``q^l`` that an initialisation scheme keeps or loses (He et al. 2015; Poole et al. 2016).
+
+    Args:
+        params: MLP layers ``[{"W": (n_in, n_out), "b": (n_out,)}, ...]``, ``L`` of them.
+        x: inputs of shape ``(batch, n_in)``.
+        cotangent: ``dC/dz_L`` of shape ``(batch, n_out)``.
+        activation: hidden non-linearity, a name from :data:`fflab.mlp.ACTIVATIONS` or a callable.
+
+    Returns:
+        :class:`SecondMoments` ``(forward, backward)``: ``forward[l - 1] = mean(z_l^2)`` and
+        ``backward[l - 1] = mean(delta_l^2)`` for ``l = 1 .. L`` (``backward[-1] = mean(cotangent^2)``).
+    """
+    _check(params, x)
+    shapes = [(x.shape[0], layer["W"].shape[1]) for layer in params]
+    if jnp.shape(cotangent) != shapes[-1]:
+        raise ValueError(f"cotangent must have the logits' shape {shapes[-1]}, got {jnp.shape(cotangent)}")
+    shifts = [jnp.zeros(shape, x.dtype) for shape in shapes]
+    pre, vjp = jax.vjp(lambda s: mlp.forward(params, x, activation=activation, shifts=s)[0], shifts)
+    (deltas,) = vjp([jnp.zeros_like(z) for z in pre[:-1]] + [jnp.asarray(cotangent, pre[-1].dtype)])
+    return SecondMoments(_second_moment(pre), _second_moment(deltas))
 
 
 def activation_frequency(

@@ -120,3 +120,53 @@ def test_signals_validate_inputs():
         signals.activation_stats(params, jnp.ones((2, 4)), activation="gelu")
     with pytest.raises(ValueError, match="list"):
         signals.activation_stats({"W": jnp.ones((4, 3)), "b": jnp.ones(3)}, jnp.ones((2, 4)))
+
+
+def _numpy_second_moments(params, x, cot, activation):
+    """E[z_l^2] and E[delta_l^2] for C = sum(z_L * cot), by a plain numpy forward and reverse pass."""
+    f, fprime = {"relu": (lambda z: np.maximum(z, 0), lambda z: (z > 0) * 1.0),
+                 "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2)}[activation]
+    layers = [(np.asarray(p["W"]), np.asarray(p["b"])) for p in params]
+    zs, h = [], np.asarray(x)
+    for W, b in layers:
+        zs.append(h @ W + b)
+        h = f(zs[-1])
+    deltas = [np.asarray(cot)]
+    for i in range(len(layers) - 1, 0, -1):
+        deltas.insert(0, (deltas[0] @ layers[i][0].T) * fprime(zs[i - 1]))
+    return [np.mean(z**2) for z in zs], [np.mean(d**2) for d in deltas]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_second_moments_match_a_numpy_forward_and_reverse_pass(activation, seed):
+    k_net, k_x, k_c, k_b = jax.random.split(jax.random.key(seed), 4)
+    params = mlp.init(k_net, [6, 9, 8, 7, 5], init="he_forward")
+    params[1]["b"] = jax.random.normal(k_b, (8,))  # a bias too, so it is not left out
+    x, cot = jax.random.normal(k_x, (11, 6)), jax.random.normal(k_c, (11, 5))
+    got = signals.second_moments(params, x, cot, activation=activation)
+    want_fwd, want_bwd = _numpy_second_moments(params, x, cot, activation)
+    np.testing.assert_allclose(got.forward, want_fwd, rtol=1e-10)
+    np.testing.assert_allclose(got.backward, want_bwd, rtol=1e-10)
+    # The same numbers as the two general statistics.
+    np.testing.assert_allclose(got.forward, signals.activation_stats(params, x, activation=activation)
+                               .pre_second_moment, rtol=1e-12)
+    stats = signals.gradient_stats(params, x, cot, activation=activation, loss=signals.cotangent_loss)
+    np.testing.assert_allclose(got.backward, stats.delta_second_moment, rtol=1e-12)
+
+
+def test_second_moments_scale_as_powers_of_the_weight_scale_in_relu_nets():
+    # Relu is positively homogeneous: every W times s gives z_l times s^l and delta_l times s^(L - l).
+    k_net, k_x, k_c = jax.random.split(jax.random.key(3), 3)
+    x, cot = jax.random.normal(k_x, (10, 16)), jax.random.normal(k_c, (10, 16))
+    one = signals.second_moments(mlp.init(k_net, [16] * 7, init="he_forward"), x, cot)
+    for s in (0.5, 2.0):
+        scaled = signals.second_moments(mlp.init(k_net, [16] * 7, init="he_forward", scale=s), x, cot)
+        np.testing.assert_allclose(scaled.forward, one.forward * s ** (2 * np.arange(1, 7)), rtol=1e-12)
+        np.testing.assert_allclose(scaled.backward, one.backward * s ** (2 * np.arange(5, -1, -1)), rtol=1e-12)
+
+
+def test_second_moments_reject_a_cotangent_of_the_wrong_shape():
+    params = mlp.init(jax.random.key(0), [3, 4, 2])
+    with pytest.raises(ValueError, match=r"cotangent must have the logits' shape \(5, 2\), got \(5, 3\)"):
+        signals.second_moments(params, jnp.ones((5, 3)), jnp.ones((5, 3)))
