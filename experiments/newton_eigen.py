@@ -40,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 
 import analysis
 from analysis import critical, spectrum
-from experiments import _common, tiny_example
+from experiments import _common
 from fflab import mlp
 
 NAME = "newton_eigen"
@@ -49,11 +49,6 @@ DESCRIPTION = ("Hessian eigenvalues set the step: LeCun's linear example diverge
 SLIDE = "Eigenvalues of the Hessian H (LeCun et al., 1998); Newton's method points the wrong way"
 
 CLASS_MEAN = (0.4, 0.8)  # the classes sit at -m and +m
-
-# Compiler options of this module's programs. Their problems have 2 to 13 parameters and 100 points, where
-# LLVM's optimisations buy no run time worth having but take half of the compile time, most of a run's.
-_TINY = {"xla_backend_optimization_level": 0}
-
 
 @dataclass(frozen=True)
 class Config:
@@ -111,7 +106,7 @@ def linear_loss(w, x, d):
     return 0.5 * jnp.mean(jnp.square(d - x @ w))
 
 
-@functools.partial(jax.jit, static_argnames="num", compiler_options=_TINY)
+@_common.small_jit(static_argnames="num")
 def gd_path(w0, step, x, d, *, num: int):
     """Batch gradient descent iterates ``(num + 1, 2)`` on :func:`linear_loss`."""
 
@@ -123,7 +118,7 @@ def gd_path(w0, step, x, d, *, num: int):
     return jnp.concatenate([w0[None], ws])
 
 
-@functools.partial(jax.jit, static_argnames="num", compiler_options=_TINY)
+@_common.small_jit(static_argnames="num")
 def _distance_ratio(w0, step, x, d, w_star, *, num: int):
     """``||w_N - w*|| / ||w_0 - w*||`` after ``num`` gradient steps (``inf`` once it overflows).
 
@@ -202,7 +197,7 @@ def eigen_steps(H, g, *, gd_step: float, sfn_damping: float | None = None) -> di
     return out
 
 
-@functools.partial(jax.jit, static_argnames="damping", compiler_options=_TINY)
+@_common.small_jit(static_argnames="damping")
 def _newton_directions(H, g, *, damping):
     """Newton's and saddle-free Newton's directions of :mod:`analysis.critical`, as one compiled program
     (per shape) instead of a compiled dispatch for each of their operations."""
@@ -211,10 +206,10 @@ def _newton_directions(H, g, *, damping):
 
 
 def _toy_hessian(w):
-    return analysis.hessian(tiny_example.loss, w)
+    return analysis.hessian(_common.tiny_loss, w)
 
 
-_toy_grad = jax.jit(jax.grad(tiny_example.loss), compiler_options=_TINY)
+_toy_grad = _common.small_jit(jax.grad(_common.tiny_loss))
 
 
 def net_loss(params, x, d, decay):
@@ -240,7 +235,7 @@ def _net_saddle_params(config: Config):
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(jax.jit, compiler_options=_TINY)
+@_common.small_jit
 def _net_value_and_grad(flat, unravel_template, x, d, decay):
     """:func:`net_loss` and its flat gradient at the flat parameters ``flat``."""
     unravel = ravel_pytree(unravel_template)[1]
@@ -250,7 +245,7 @@ def _net_value_and_grad(flat, unravel_template, x, d, decay):
 SECOND_ORDER = ("newton", "saddle_free")
 
 
-@functools.partial(jax.jit, static_argnames=("second_order", "num", "sfn_damping"), compiler_options=_TINY)
+@_common.small_jit(static_argnames=("second_order", "num", "sfn_damping"))
 def _net_paths(flat0, unravel_template, x, d, decay, sfn_damping, lr, *, second_order: bool, num: int):
     """``num`` steps from ``flat0``: the last point and the ``num + 1`` losses along the way.
 
@@ -285,11 +280,10 @@ def _net_paths(flat0, unravel_template, x, d, decay, sfn_damping, lr, *, second_
 # --------------------------------------------------------------------------------------------------
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     with jax.enable_x64(True):
         results, claims, notes = _run(config)
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
@@ -558,7 +552,7 @@ def plot(payload: dict, out_dir) -> None:
     toy = r["toy"]
     span = np.linspace(-2.5, 2.5, 201)
     a, b = np.meshgrid(span, span)
-    C = (a * b - tiny_example.TARGET) ** 2 + tiny_example.DECAY * (a**2 + b**2)
+    C = (a * b - _common.TINY_TARGET) ** 2 + _common.TINY_DECAY * (a**2 + b**2)
     ax.contour(a, b, C, levels=np.geomspace(0.02, 30, 16), colors="0.7", linewidths=0.8)
     p = np.asarray(toy["point"])
     Ut = np.asarray(toy["eigenvectors"])
@@ -575,7 +569,8 @@ def plot(payload: dict, out_dir) -> None:
         v = Ut[:, k] * 0.6
         ax.plot(*np.stack([p - v, p + v]).T, "k--" if lam_k < 0 else "k-", lw=1)
     ax.plot(0, 0, "kx", ms=9)
-    ax.plot([tiny_example.W_MIN, -tiny_example.W_MIN], [tiny_example.W_MIN, -tiny_example.W_MIN], "k*", ms=10)
+    w_min = (_common.TINY_TARGET - _common.TINY_DECAY) ** 0.5
+    ax.plot([w_min, -w_min], [w_min, -w_min], "k*", ms=10)
     ax.set(aspect="equal", xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), xlabel="$w_1$", ylabel="$w_2$",
            title=f"toy loss at {tuple(toy['point'])}: eigenvalues "
                  f"{', '.join(f'{v:.2f}' for v in toy['eigenvalues'])}\n(dashed: the negative eigenvector)")
