@@ -1,15 +1,10 @@
 """Gradient clipping on Pascanu et al.'s cliff and on a deep net at high learning rates.
 
-The cliff: a one-unit recurrent net ``x_t = w sigmoid(x_{t-1}) + b``, ``x_0 = 0.5``, with loss
-``C(w, b) = (sigmoid(x_50) - 0.7)^2`` (Pascanu, Mikolov & Bengio 2013, Fig. 6). Where the map is bistable
-(``w`` above about 4), a small change of ``b`` moves the boundary between the two basins of attraction across
-``x_0``, ``x_50`` jumps, and the loss surface has a wall, a band of width ``~ slope^-50`` in ``b`` (so this
-part runs in float64). Near it the gradient is a product of 50 slopes and an ordinary step "catapults the
-parameters very far" (the slide); clipping the gradient's norm to ``c`` (``optax.clip_by_global_norm``) bounds
-every step at ``lr * c``. Measured: the loss and gradient norm over a ``(w, b)`` grid and towards the wall;
-one descent path from the high plateau and many random starts, clipped and not. Then a deep relu MLP under
-plain SGD at high learning rates, clipped and not, trained by :func:`fflab.train.make_train_epoch` with every
-(rate, clip, seed) as one lane: how many runs diverge (a non-finite loss, or a final loss above the initial).
+The cliff (Pascanu, Mikolov & Bengio 2013, Fig. 6): a one-unit RNN ``x_t = w sigmoid(x_{t-1}) + b``, ``x_0 =
+0.5``, loss ``(sigmoid(x_50) - 0.7)^2``. Where the map is bistable (``w`` above about 4) a small change of ``b``
+moves a basin boundary across ``x_0``: ``x_50`` jumps and the surface has a wall ~1e-9 wide in ``b`` (float64),
+where the gradient is a product of 50 slopes and a plain step "catapults the parameters very far". Clipping its
+norm to ``c`` bounds every step by ``lr * c``. Then a deep relu MLP under plain SGD at high rates, clipped or not.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ PAPERS = {
     "Pascanu, Mikolov & Bengio 2013": "https://arxiv.org/abs/1211.5063",
     "Pascanu 2014 (PhD thesis)": "https://papyrus.bib.umontreal.ca/xmlui/handle/1866/11452",
 }
-
 STEPS_T, X0, TARGET = 50, 0.5, 0.7  # the recurrence is unrolled 50 steps from x_0 = 0.5; target 0.7
 
 
@@ -52,8 +46,7 @@ class Config:
     start: tuple = (8.0, -2.0)  # on the high plateau, downhill towards the wall
     num_starts: int = 200
     success_loss: float = 1e-3
-    # The deep network.
-    train_samples: int = 0  # 0: the whole training set
+    train_samples: int = 0  # the deep net; 0: the whole training set
     depth: int = 10  # weight layers
     width: int = 64
     learning_rates: tuple = (0.5, 1.0)
@@ -64,16 +57,16 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(learning_rates=(1.0,))  # the claims read only the highest rate
+QUICK = Config(learning_rates=(1.0,))
 FULL = Config(dataset="fashion-mnist", grid=161, num_starts=1000, train_samples=10000, width=128,
               learning_rates=(0.1, 0.3, 1.0), seeds=8, epochs=5, batch_size=64)
+CLIPS = ("unclipped", "clipped")
 
 
 def loss(params: jax.Array) -> jax.Array:
     """``(sigmoid(x_50) - 0.7)^2`` at ``params = (w, b)``: ``x_t = w sigmoid(x_{t-1}) + b``, ``x_0 = 0.5``."""
     w, b = params[0], params[1]
-    x, _ = jax.lax.scan(lambda x, _: (w * jax.nn.sigmoid(x) + b, None),
-                        jnp.asarray(X0, params.dtype), None, length=STEPS_T)
+    x = jax.lax.fori_loop(0, STEPS_T, lambda _, x: w * jax.nn.sigmoid(x) + b, jnp.asarray(X0, params.dtype))
     return (jax.nn.sigmoid(x) - TARGET) ** 2
 
 
@@ -100,67 +93,73 @@ def find_wall(w: float, lo: float, hi: float, *, iters: int = 200) -> float:
 
 
 @jax.jit
-def descend(starts: jax.Array, lr: jax.Array, clip: jax.Array, steps_template: jax.Array):
-    """Gradient descent on :func:`loss` from each row of ``starts`` ``(k, 2)``, clipped at ``clip[i]`` (inf:
-    unclipped; a finite gradient passes through unchanged), ``len(steps_template)`` steps.
-
-    Returns:
-        ``(path, losses)`` of shapes ``(k, steps + 1, 2)`` and ``(k, steps + 1)``, the start included.
-    """
+def descend(starts: jax.Array, lr, clips: jax.Array, ticks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gradient descent on :func:`loss` from each row of ``starts`` ``(k, 2)`` for ``len(ticks)`` steps, clipped at
+    ``clips[i]`` (inf: unclipped): ``(paths, losses)`` of shapes ``(k, steps + 1, 2)``, ``(k, steps + 1)``."""
     def one(p, c):
         opt = optax.chain(optax.clip_by_global_norm(c), optax.sgd(lr))
 
         def step(carry, _):
             p, s = carry
-            value, g = jax.value_and_grad(loss)(p)
-            updates, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), (p, value)
+            updates, s = opt.update(jax.grad(loss)(p), s, p)
+            return (optax.apply_updates(p, updates), s), p
 
-        (end, _), (path, values) = jax.lax.scan(step, (p, opt.init(p)), steps_template)
-        return jnp.concatenate([path, end[None]]), jnp.concatenate([values, loss(end)[None]])
+        end, path = jax.lax.scan(step, (p, opt.init(p)), ticks)
+        return jnp.concatenate([path, end[0][None]])
 
-    return jax.vmap(one)(starts, clip)
+    paths = jax.vmap(one)(starts, clips)
+    return paths, jax.vmap(jax.vmap(loss))(paths)
 
 
-def _digits(a) -> np.ndarray:
-    """``a`` rounded to 7 significant digits, so the saved grids stay small as JSON."""
-    return np.vectorize(lambda v: float(f"{v:.7g}"))(np.asarray(a))
+def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
+    """The lecture's claims (with margins) and the identity checks, from the named results ``r`` of main."""
+    def claim(text, measured, verdict):
+        return _common.claim(text, measured, verdict[0], margin=verdict[1])
+
+    top, div, frac = max(config.learning_rates), r["diverged"], r["success_fraction"]
+    total = {k: sum(v for run, v in div.items() if run.endswith(f"/{k}")) for k in CLIPS}
+    top_share = {k: div[f"{top:g}/{k}"] / config.seeds for k in CLIPS}
+    bound = config.lr * config.clip
+    return [
+        claim(f"on the cliff's loss surface the gradient norm spans over 4 decades ({config.grid}^2 grid)",
+              r["grad_norm_decades"], _common.above(r["grad_norm_decades"], 4)),
+        claim("approaching the wall the gradient explodes: norm above 1e6 (largest over distances 1e-1 to 1e-14)",
+              r["wall_peak_grad_norm"], _common.above(r["wall_peak_grad_norm"], 1e6)),
+        claim("an unclipped step catapults the parameters far: the largest step of the descent from the plateau "
+              "is over 10 (most of the grid)", r["max_step"]["unclipped"],
+              _common.above(r["max_step"]["unclipped"], 10)),
+        claim(f"from {config.num_starts} random starts, clipped descent reaches a low loss (< {config.success_loss:g}) "
+              "more often than unclipped", frac, _common.above(frac["clipped"], frac["unclipped"])),
+        claim(f"a {config.depth}-layer relu net under SGD at high rates diverges in fewer runs ({config.seeds} seeds "
+              f"per rate) with clip_by_global_norm({config.net_clip:g}), summed over rates", div,
+              _common.below(total["clipped"], total["unclipped"])),
+        claim(f"at the highest rate ({top:g}) most unclipped runs diverge (over half) and most clipped runs do not",
+              top_share, _common.both(_common.above(top_share["unclipped"], 0.5),
+                                      _common.below(top_share["clipped"], 0.5))),
+    ], [_common.check(f"no clipped step, from any start, is longer than lr * c = {bound:g} (clipping's bound)",
+                      r["max_step"]["clipped_any_start"], r["max_step"]["clipped_any_start"] <= bound * (1 + 1e-9))]
 
 
 def main(config: Config = QUICK, out_dir=None) -> dict:
     out_dir = out_dir or _common.default_out(config == QUICK)
-    with jax.enable_x64(True):
-        # The cliff: loss and gradient over the grid and along a line through the wall, in one call.
+    with jax.enable_x64(True):  # the cliff: the grid and a line through the wall, then the descents
         w, b = np.linspace(*config.w_range, config.grid), np.linspace(*config.b_range, config.grid)
-        W, B = np.meshgrid(w, b)
-        grid = np.stack([W.ravel(), B.ravel()], 1)
+        grid = np.stack([a.ravel() for a in np.meshgrid(w, b)], 1)
         wall = find_wall(config.cliff_w, *config.b_range)
         offsets = 10.0 ** -np.arange(1, 15)
         line = np.asarray([[config.cliff_w, wall + s * d] for d in offsets for s in (-1, 1)])
-        values, grads = (np.asarray(a) for a in jax.jit(jax.vmap(jax.value_and_grad(loss)))(
-            jnp.asarray(np.concatenate([grid, line]))))
-        grid_loss = _digits(values[: len(grid)].reshape(W.shape))
-        grid_gnorm = _digits(np.linalg.norm(grads[: len(grid)], axis=1).reshape(W.shape))
+        values, grads = map(np.asarray, jax.jit(jax.vmap(jax.value_and_grad(loss)))(np.concatenate([grid, line])))
+        grid_gnorm = np.linalg.norm(grads[: len(grid)], axis=1).reshape(len(b), len(w))
         line_gnorm = np.linalg.norm(grads[len(grid):], axis=1).reshape(len(offsets), 2)
-        # One path from the plateau (row 0) and the random starts, unclipped (clip at +inf) and clipped.
-        lo, hi = np.array([config.w_range[0], config.b_range[0]]), np.array([config.w_range[1], config.b_range[1]])
+        box = np.array([config.w_range, config.b_range]).T  # rows lo, hi
         unit = init.flat_draw(jax.random.uniform, jax.random.key(config.seed), (config.num_starts, 2), jnp.float64)
-        starts = lo + (hi - lo) * np.asarray(unit)
-        rows = np.concatenate([np.asarray([config.start], float), starts])
-        settings = {"unclipped": math.inf, "clipped": config.clip}
-        paths, path_loss = (np.asarray(a).reshape(len(settings), len(rows), *a.shape[1:]) for a in descend(
-            jnp.asarray(np.concatenate([rows] * len(settings))), config.lr,
-            jnp.repeat(jnp.asarray(list(settings.values())), len(rows)), jnp.zeros(config.descent_steps)))
-    jumps = np.linalg.norm(np.diff(paths, axis=2), axis=3)  # (setting, row, step)
-    descent = {label: {"path": paths[i, 0], "loss": path_loss[i, 0], "max_jump": float(jumps[i, 0].max()),
-                       "max_jump_step": int(jumps[i, 0].argmax()), "final_loss": float(path_loss[i, 0, -1])}
-               for i, label in enumerate(settings)}
-    random_starts = {label: {"final_loss": path_loss[i, 1:, -1], "max_jump": jumps[i, 1:].max(axis=1),
-                             "success_fraction": float(np.mean(path_loss[i, 1:, -1] < config.success_loss))}
-                     for i, label in enumerate(settings)}
+        rows = np.concatenate([[config.start], box[0] + (box[1] - box[0]) * np.asarray(unit)])  # row 0: plateau
+        paths, path_loss = (np.asarray(a).reshape(2, len(rows), *a.shape[1:]) for a in descend(
+            np.concatenate([rows, rows]), config.lr, np.repeat([math.inf, config.clip], len(rows)),
+            jnp.zeros(config.descent_steps)))
+    steps = np.linalg.norm(np.diff(paths, axis=2), axis=3)  # (clip, row, step)
 
-    # The deep net: every (rate, clip) setting and seed is one lane of one compiled SGD epoch; "unclipped"
-    # clips at +inf. A lane that diverges carries NaN to its end without touching the others.
+    # The deep net: each (rate, clip) run and seed is a lane of one compiled epoch ("unclipped": clip at +inf).
     dtype = jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
     ds = data.load(config.dataset, data_dir=config.data_dir)
     n = config.train_samples or len(ds.x_train)
@@ -169,144 +168,97 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     model = fflab.classifier("relu")
     opt = optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=math.inf),
                       optax.inject_hyperparams(optax.sgd)(learning_rate=1.0))
-    grid_lr = [(lr, label) for lr in config.learning_rates for label in ("unclipped", "clipped")]
-    clips = [math.inf if label == "unclipped" else config.net_clip for _, label in grid_lr]
-    seed_states = []
+    runs = [(lr, c) for lr in config.learning_rates for c in (math.inf, config.net_clip)]
+    seeds = []
     for key in jax.random.split(jax.random.key(config.seed + 1), config.seeds):
         k_init, k_data = jax.random.split(key)
         state = train.init_state(model.init(k_init, sizes, dtype=dtype)[0], opt, k_data)
-        seed_states.append(train.lanes(state, learning_rate=[lr for lr, _ in grid_lr], max_norm=clips))
-    states = jax.tree.map(lambda *a: jnp.concatenate(a), *seed_states)  # lane = seed * len(grid_lr) + setting
+        seeds.append(train.lanes(state, learning_rate=[lr for lr, _ in runs], max_norm=[c for _, c in runs]))
+    states = jax.tree.map(lambda *a: jnp.concatenate(a), *seeds)  # lane = seed * len(runs) + run
     epoch = train.make_train_epoch(opt, loss_fn=model.loss_fn, batch_size=config.batch_size, lanes=True)
     lane_loss = jax.jit(jax.vmap(model.loss_fn, in_axes=(0, None, None)))
-    curves, grad_norms = [np.asarray(lane_loss(states.params, x, y))], []
+    curves = [lane_loss(states.params, x, y)]  # a NaN step leaves NaN parameters, so divergence shows here
     for _ in range(config.epochs):
-        states, stats = epoch(states, x, y)
-        grad_norms.append(np.max(np.asarray(stats.grad_norm), axis=1))
-        curves.append(np.where(np.isfinite(np.asarray(stats.loss)).all(axis=1),
-                               np.asarray(lane_loss(states.params, x, y)), np.nan))
-    curves, grad_norms = np.stack(curves, 1), np.stack(grad_norms, 1)  # (lanes, epochs + 1), (lanes, epochs)
-    runs = {}
-    for j, (lr, label) in enumerate(grid_lr):
-        lanes = [s * len(grid_lr) + j for s in range(config.seeds)]
-        per_seed = []
-        for i in lanes:  # a run stops at its first non-finite loss, as a training loop would
-            bad = ~np.isfinite(curves[i])
-            stop = int(np.argmax(bad)) + 1 if bad.any() else len(curves[i])
-            per_seed.append({"loss": curves[i, :stop], "max_grad_norm": grad_norms[i, :stop - 1],
-                             "diverged": bool(bad.any() or curves[i, -1] > curves[i, 0])})
-        finals = [r["loss"][-1] if math.isfinite(r["loss"][-1]) else np.inf for r in per_seed]
-        runs[f"{lr:g}/{label}"] = {"lr": lr, "clip": None if label == "unclipped" else config.net_clip,
-                                   "runs": per_seed, "diverged": int(sum(r["diverged"] for r in per_seed)),
-                                   "median_final_loss": float(np.median(finals))}
+        states, _ = epoch(states, x, y)
+        curves.append(lane_loss(states.params, x, y))
+    curves = np.stack(curves, 1).reshape(config.seeds, len(runs), -1)  # (seed, run, epoch)
+    diverged = ~np.isfinite(curves[..., -1]) | (curves[..., -1] > curves[..., 0])
 
-    closest = offsets[-1]
-    wall_peak = float(line_gnorm.max())
-    div = {key: v["diverged"] for key, v in runs.items()}
-    top_lr = max(config.learning_rates)
-    orders = float(np.log10(grid_gnorm.max() / grid_gnorm.min()))
-    claims = [
-        _common.claim("on the cliff's loss surface the gradient norm spans many orders of magnitude "
-                      f"(over 4 decades on the {config.grid}x{config.grid} grid)", orders, orders > 4),
-        _common.claim(f"approaching the wall the gradient explodes: norm above 1e6 (largest over distances "
-                      f"1e-1 to {closest:g})", wall_peak, wall_peak > 1e6),
-        _common.claim("one unclipped step catapults the parameters far (largest step > 10, most of the "
-                      f"grid); the clipped path's largest step is at most lr * c = {config.lr * config.clip:g}",
-                      {k: v["max_jump"] for k, v in descent.items()},
-                      descent["unclipped"]["max_jump"] > 10
-                      and descent["clipped"]["max_jump"] <= config.lr * config.clip * (1 + 1e-9)),
-        _common.claim(f"from {config.num_starts} random starts, clipped descent reaches a low loss "
-                      f"(< {config.success_loss:g}) more often",
-                      {k: v["success_fraction"] for k, v in random_starts.items()},
-                      random_starts["clipped"]["success_fraction"] > random_starts["unclipped"]["success_fraction"]),
-        _common.claim(f"a {config.depth}-layer relu net under SGD at high learning rates diverges in fewer "
-                      f"of {config.seeds} seeds with clip_by_global_norm({config.net_clip:g}), summed over rates",
-                      div, sum(v for k, v in div.items() if k.endswith("/clipped"))
-                      < sum(v for k, v in div.items() if k.endswith("/unclipped"))),
-        _common.claim(f"at the highest rate ({top_lr:g}) most unclipped runs diverge, at most one clipped "
-                      "run does", {k: div[f"{top_lr:g}/{k}"] for k in ("unclipped", "clipped")},
-                      div[f"{top_lr:g}/unclipped"] > config.seeds / 2 and div[f"{top_lr:g}/clipped"] <= 1),
-    ]
-    results = {
-        "cliff": {"w": w, "b": b, "loss": grid_loss, "grad_norm": grid_gnorm, "grad_norm_orders": orders,
-                  "wall_b": wall, "wall_offsets": offsets, "wall_grad_norm_below": line_gnorm[:, 0],
-                  "wall_grad_norm_above": line_gnorm[:, 1], "wall_loss": values[len(grid):].reshape(-1, 2),
-                  "paths": descent, "starts": starts, "random_starts": random_starts},
-        "deep": {"sizes": sizes, "runs": runs},
+    r = {
+        "grad_norm_decades": float(np.log10(grid_gnorm.max() / grid_gnorm.min())),
+        "wall_peak_grad_norm": float(line_gnorm.max()),
+        "max_step": {"unclipped": float(steps[0, 0].max()), "clipped": float(steps[1, 0].max()),
+                     "clipped_any_start": float(steps[1].max())},
+        "success_fraction": {k: float(np.mean(path_loss[i, 1:, -1] < config.success_loss))
+                             for i, k in enumerate(CLIPS)},
+        "diverged": {f"{lr:g}/{CLIPS[j % 2]}": int(diverged[:, j].sum()) for j, (lr, _) in enumerate(runs)},
     }
-    notes = ("The cliff part runs in float64: the wall is a band of width ~1e-9 in b, which float32 cannot "
-             f"resolve. Descent: plain gradient descent at learning rate {config.lr:g} (plateau gradients "
-             f"are 1e-3 to 1e-7), clipped at global norm {config.clip:g}.")
+    claim_list, checks = claims(r, config)
+    digits = np.vectorize(lambda v: float(f"{v:.7g}"))  # the grids to 7 digits, so the JSON stays small
+    results = {**r, "cliff": {
+        "w": w, "b": b, "loss": digits(values[: len(grid)].reshape(len(b), len(w))), "grad_norm": digits(grid_gnorm),
+        "wall_b": wall, "wall_offsets": offsets, "wall_grad_norm": line_gnorm,
+        "wall_loss": values[len(grid):].reshape(-1, 2), "random_starts": rows[1:],
+        **{key: dict(zip(CLIPS, a, strict=True)) for key, a in (
+            ("paths", paths[:, 0]), ("path_loss", path_loss[:, 0]), ("random_final_loss", path_loss[:, 1:, -1]))}},
+        "deep": {"sizes": sizes, "runs": list(r["diverged"]), "loss": curves, "diverged": diverged}}
+    notes = ("Set-up as in Pascanu et al. (2013, Fig. 6): a one-unit RNN unrolled 50 steps, in float64 (the wall "
+             f"is a band ~1e-9 wide in b). Plain gradient descent at rate {config.lr:g} (plateau gradients are "
+             f"1e-3 to 1e-7), clipped at global norm {config.clip:g}; that no clipped step exceeds lr * c is "
+             "clipping's identity, listed as a check. The deep net is an extension (Pascanu clips RNNs); a run "
+             "diverges when its loss turns non-finite or ends above its start.")
     if config.dataset == "fashion-mnist":
-        notes += (f" Deep net on Fashion-MNIST (first {config.train_samples or 'all'} training images), "
-                  "standing in for MNIST, which cannot be downloaded here.")
-    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
+        notes += f" It trains on Fashion-MNIST ({n} images) standing in for MNIST, which cannot be downloaded here."
+    payload = _common.save(NAME, config, results, claim_list, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
 
 
 def plot(payload: dict, out_dir) -> None:
     plt = _common.style()
-    c, config = payload["results"]["cliff"], payload["config"]
-    w, b = np.asarray(c["w"], float), np.asarray(c["b"], float)
-    extent = (w[0], w[-1], b[0], b[-1])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"wspace": 0.35})
-    im = axes[0].imshow(np.log10(np.maximum(np.asarray(c["loss"], float), 1e-8)), origin="lower", extent=extent,
-                        aspect="auto", cmap="viridis")
-    fig.colorbar(im, ax=axes[0], label="log10 loss, (sigmoid(x_50) - 0.7)^2")
-    for label, color, text_y in (("unclipped", "red", 0.93), ("clipped", "white", 0.83)):
-        run = c["paths"][label]
-        path = np.asarray(run["path"], float)
-        axes[0].plot(path[:, 0], path[:, 1], "-", color=color, lw=1.2, label=f"{label}: largest step "
-                     f"{run['max_jump']:.3g}, final loss {run['final_loss']:.2g}")
-        end = path[-1]
-        if extent[0] <= end[0] <= extent[1] and extent[2] <= end[1] <= extent[3]:
-            axes[0].plot(*end, "o", color=color, ms=5)
-        else:  # catapulted out of the window: say where it landed
-            axes[0].annotate(f"lands at ({end[0]:.1f}, {end[1]:.1f})", xy=(np.clip(end[0], *extent[:2]),
-                             np.clip(end[1], *extent[2:])), xytext=(0.5, text_y), textcoords="axes fraction",
-                             color=color, fontsize=8, arrowprops={"arrowstyle": "->", "color": color})
-    axes[0].plot(*config["start"], "k*", ms=12, label="start")
-    axes[0].set(xlim=extent[:2], ylim=extent[2:], xlabel="w", ylabel="b",
-                title=f"loss surface, descent paths (lr {config['lr']:g}, clip {config['clip']:g})")
-    axes[0].legend(loc="lower left", fontsize=7, facecolor="0.8")
-    im = axes[1].imshow(np.log10(np.asarray(c["grad_norm"], float)), origin="lower", extent=extent,
-                        aspect="auto", cmap="magma")
-    fig.colorbar(im, ax=axes[1], label="log10 ||grad C||")
-    axes[1].axvline(config["cliff_w"], color="cyan", ls="--", lw=1)
-    axes[1].set(xlabel="w", ylabel="b", title="log10 gradient norm on the grid")
-    offsets = np.asarray(c["wall_offsets"], float)
-    axes[2].loglog(offsets, np.asarray(c["wall_grad_norm_below"], float), "-o", ms=3, label="b = wall - d")
-    axes[2].loglog(offsets, np.asarray(c["wall_grad_norm_above"], float), "-s", ms=3, label="b = wall + d")
-    axes[2].axhline(config["clip"], color="k", ls=":", label=f"clip threshold {config['clip']:g}")
-    axes[2].invert_xaxis()
-    axes[2].set(xlabel="distance d from the wall", ylabel="||grad C||",
-                title=f"approaching the wall at w = {config['cliff_w']:g} (float64)")
-    axes[2].legend(fontsize=8)
+    r, config = payload["results"], payload["config"]
+    c, rates = r["cliff"], config["learning_rates"]
+    extent = (c["w"][0], c["w"][-1], c["b"][0], c["b"][-1])
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9), gridspec_kw={"wspace": 0.35, "hspace": 0.35})
+    (surface, gnorm, wall), (starts, deep, spare) = axes
+    for ax, image, label, cmap in ((surface, np.maximum(c["loss"], 1e-8), "log10 loss", "viridis"),
+                                   (gnorm, c["grad_norm"], "log10 ||grad C||", "magma")):
+        fig.colorbar(ax.imshow(np.log10(image), origin="lower", extent=extent, aspect="auto", cmap=cmap), ax=ax,
+                     label=label)
+        ax.set(xlim=extent[:2], ylim=extent[2:], xlabel="w", ylabel="b")
+    for label, color in zip(CLIPS, ("red", "white"), strict=True):
+        path = np.asarray(c["paths"][label])
+        surface.plot(*path.T, "-", color=color, lw=1.2, label=f"{label}: max step {r['max_step'][label]:.3g}, "
+                     f"ends ({path[-1, 0]:.1f}, {path[-1, 1]:.1f}), loss {c['path_loss'][label][-1]:.1e}")
+    surface.plot(*config["start"], "k*", ms=12, label="start")
+    surface.set_title(f"(sigmoid(x_50) - 0.7)^2 and descent paths (lr {config['lr']:g}, clip {config['clip']:g})")
+    surface.legend(loc="lower left", fontsize=7, facecolor="0.8")
+    gnorm.axvline(config["cliff_w"], color="cyan", ls="--", lw=1)
+    gnorm.set_title(f"gradient norm: {r['grad_norm_decades']:.1f} decades on the grid")
+    for i, side in enumerate("-+"):
+        wall.loglog(c["wall_offsets"], np.asarray(c["wall_grad_norm"])[:, i], ("-o", "-s")[i], ms=3,
+                    label=f"b = wall {side} d")
+    wall.axhline(config["clip"], color="k", ls=":", label=f"clip threshold {config['clip']:g}")
+    wall.invert_xaxis()
+    wall.set(xlabel="distance d from the wall", ylabel="||grad C||",
+             title=f"approaching the wall at w = {config['cliff_w']:g} (float64)")
+    wall.legend(fontsize=8)
+    for j, (label, color) in enumerate(zip(CLIPS, ("C3", "C0"), strict=True)):
+        starts.hist(np.clip(c["random_final_loss"][label], 1e-32, None), bins=np.logspace(-32, 0, 33),
+                    histtype="step", lw=2, color=color, label=f"{label}: {100 * r['success_fraction'][label]:.0f}% "
+                    f"below {config['success_loss']:g}")
+        deep.bar_label(deep.bar(np.arange(len(rates)) + (j - 0.5) * 0.38, [r["diverged"][f"{lr:g}/{label}"]
+                                for lr in rates], width=0.38, color=color, label=label))
+    starts.axvline(config["success_loss"], color="k", ls=":")
+    starts.set(xscale="log", xlabel="final loss (floored at 1e-32)", ylabel="starts",
+               title=f"{config['num_starts']} random starts, {config['descent_steps']} steps")
+    deep.set_xticks(np.arange(len(rates)), [f"lr {lr:g}" for lr in rates])
+    deep.set(ylabel=f"diverged runs of {config['seeds']}", ylim=(0, config["seeds"] + 0.8), title=f"SGD on a "
+             f"{config['depth']}-layer relu net ({config['dataset']}), clip {config['net_clip']:g}")
+    for ax in (starts, deep):
+        ax.legend(fontsize=8)
+    spare.set_axis_off()
     _common.savefig(fig, out_dir, NAME)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))  # random starts and the deep net
-    bins = np.logspace(-32, 0, 33)
-    for label, color in (("unclipped", "C3"), ("clipped", "C0")):
-        rs = c["random_starts"][label]
-        axes[0].hist(np.clip(np.asarray(rs["final_loss"], float), 1e-32, None), bins=bins, histtype="step",
-                     lw=2, color=color, label=f"{label}: {100 * rs['success_fraction']:.0f}% below "
-                     f"{config['success_loss']:g}")
-    axes[0].axvline(config["success_loss"], color="k", ls=":")
-    axes[0].set(xscale="log", xlabel="final loss (floored at 1e-32)", ylabel="starts",
-                title=f"{config['num_starts']} random starts, {config['descent_steps']} steps")
-    axes[0].legend(fontsize=8)
-    runs, rates = payload["results"]["deep"]["runs"], config["learning_rates"]
-    for j, (label, color) in enumerate((("unclipped", "C3"), ("clipped", "C0"))):
-        bars = axes[1].bar(np.arange(len(rates)) + (j - 0.5) * 0.38, [runs[f"{lr:g}/{label}"]["diverged"]
-                           for lr in rates], width=0.38, color=color,
-                           label=label if label == "unclipped" else f"clipped at {config['net_clip']:g}")
-        axes[1].bar_label(bars)
-    axes[1].set_xticks(np.arange(len(rates)), [f"lr {lr:g}" for lr in rates])
-    axes[1].set(ylabel=f"diverged runs of {config['seeds']}", ylim=(0, config["seeds"] + 0.8),
-                title=f"SGD on a {config['depth']}-layer relu net ({config['dataset']}), {config['epochs']} epochs")
-    axes[1].legend()
-    _common.savefig(fig, out_dir, f"{NAME}_descent")
 
 
 if __name__ == "__main__":
