@@ -137,8 +137,7 @@ def main(config: Config, out_dir) -> dict:
     late = np.diff(traj["gd_fast"][-51:], axis=0)  # past the limit: a 2-cycle across the minimum
     flips = float(np.mean(np.sum(late[:-1] * late[1:], axis=1) < 0))
     fast_closest = float(distance_to_minimum(traj["gd_fast"][n // 2:]).min())
-    newton_end = float(np.linalg.norm(traj["newton"][-1]))
-    uphill_share = float(uphill[indefinite].mean())
+    newton_end, uphill_share = float(np.linalg.norm(traj["newton"][-1])), float(uphill[indefinite].mean())
     osc = {name: oscillation(paths[name], config.reach_tol) for name in ("gd_slow", "gd_fast", "newton")}
     ok = np.all(np.isfinite(traj["grid_gd"]), axis=(1, 2)) & np.all(np.isfinite(traj["grid_newton"]), axis=(1, 2))
     grid_osc = {m: np.array([list(oscillation(p, config.reach_tol).values()) for p in traj[f"grid_{m}"][ok]])
@@ -232,8 +231,7 @@ def plot(payload: dict, out_dir) -> None:
     label = {"gd_slow": f"gradient descent, step {slow:g}", "gd_fast": f"gradient descent, step {fast:g}",
              "newton": "Newton", "saddle_free": "saddle-free Newton", "momentum": f"momentum, alpha {alpha:g}",
              "noisy_momentum": f"momentum {alpha:g}, noisy gradient"}
-    g = r["grid"]
-    ticks, surface = np.linspace(-span, span, config["grid"]), np.asarray(g["loss"])
+    g, ticks, surface = r["grid"], np.linspace(-span, span, config["grid"]), np.asarray(r["grid"]["loss"])
 
     fig, axes = plt.subplots(2, 3, figsize=(14, 9.6), layout="constrained")
     panels = [("gd_slow",), ("gd_fast",), ("newton", "saddle_free"), ("momentum",), ("noisy_momentum",)]
@@ -267,8 +265,11 @@ def plot(payload: dict, out_dir) -> None:
             label="the lecture's start")
     top = max(gd[:, 1].max(), nt[:, 1].max()) * 1.2
     ax.plot([1, top], [1, top], "k--", lw=1, label="equal (below: Newton's path is straighter)")
-    ax.set(xlim=(0.9, top), ylim=(0.9, top), xlabel=f"{label['gd_slow']}: path length / distance",
-           ylabel="Newton: path length / distance", title="Newton's 'less oscillations' from a grid of starts")
+    ax.set(xscale="log", yscale="log", xlim=(0.9, top), ylim=(0.9, top), xlabel=f"{label['gd_slow']}: path length "
+           "/ distance", ylabel="Newton: path length / distance", title="Newton's 'less oscillations', grid of starts")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter("{x:g}")
+    ax.tick_params(which="minor", labelleft=False, labelbottom=False)
     ax.legend(fontsize=7.5)
     fig.suptitle("$C = (w_1 w_2 - 1.5)^2 + 0.04(w_1^2 + w_2^2)$ from $(w_1, w_2) = $"
                  f"{tuple(r['start'])}; X = saddle, * = minima $\\pm\\sqrt{{1.46}}$ = {W_MIN:.3f}")
