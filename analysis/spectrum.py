@@ -346,22 +346,39 @@ def block_norms(H, sizes: Sequence[int] | ParamBlocks) -> np.ndarray:
     return np.sqrt(np.add.reduceat(rows, edges[:-1], axis=1))
 
 
-def diagonal_dominance(H, blocks: Sequence[int] | ParamBlocks | None = None) -> float:
+def diagonal_dominance(
+    H, blocks: Sequence[int] | ParamBlocks | None = None, *, scaled: bool = False, rtol: float = DEFAULT_RTOL
+) -> float:
     """Share of ``H``'s Frobenius norm off the (block) diagonal: ``||offdiag(H)||_F / ||H||_F``.
 
     0 for a (block-)diagonal matrix, towards 1 when the off-diagonal part dominates. Raiko, Valpola &
     LeCun (2012) show that making each unit's output zero-mean and zero-slope brings the Fisher / Hessian
-    closer to diagonal; this is the number to compare across such transformations.
+    closer to diagonal: the blocks that couple different layers' weights, and those weights with the
+    shortcuts, vanish. That is a block-wise statement; element-wise, a dense ``P x P`` matrix has ``P^2 - P``
+    off-diagonal entries against ``P`` diagonal ones, so its share sits near 1 whatever its structure.
+
+    With ``scaled``, the share is that of ``D^-1/2 H D^-1/2``, ``D = |diag H|`` (the Jacobi scaling: unit
+    diagonal, entries ``H_ij / sqrt(|H_ii H_jj|)``), which does not change when the parameters are rescaled
+    one by one (``theta -> S theta`` with ``S`` diagonal turns ``H`` into ``S^-1 H S^-1``): it measures the
+    coupling between parameters, not their units. Rows and columns whose ``|H_ii|`` is at most ``rtol *
+    max |H_ii|`` (parameters the loss does not see) are left out.
 
     Args:
         H: a square matrix of shape ``(P, P)``.
         blocks: ``None`` for the element-wise diagonal, or block sizes summing to ``P`` (or a
             :class:`ParamBlocks`), in which case "diagonal" means the diagonal blocks ``H[I_a, I_a]``.
+        scaled: take the share of the Jacobi-scaled matrix.
+        rtol: with ``scaled``, the relative size below which a diagonal entry counts as zero.
 
     Returns:
         The ratio in ``[0, 1]``; ``nan`` for ``H = 0``.
     """
     H = _as_square(H)
+    if scaled:
+        d = np.abs(np.diag(H))
+        keep = d > rtol * d.max() if d.max() > 0 else np.zeros(d.shape, bool)
+        inv = np.where(keep, 1 / np.sqrt(np.where(keep, d, 1.0)), 0.0)
+        H = H * inv[:, None] * inv[None, :]
     total = np.linalg.norm(H)
     if total == 0:
         return float("nan")

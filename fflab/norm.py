@@ -6,18 +6,20 @@ Two ways of making plain gradient descent behave more like Newton's method, both
   and variance in training and with running averages in evaluation, then scaled and shifted by learned
   ``gamma`` and ``beta``. Twice differentiable, so the Hessian of a BN network can be computed.
 - ``transform`` [Raiko, Valpola & LeCun 2012; Vatanen, Raiko, Valpola & LeCun 2013]: each hidden unit's
-  non-linearity is shifted and sloped, ``g(z) = f(z) - alpha z - beta``, so that its output and its slope
-  average zero over the data; shortcut connections from every layer's input to every layer above carry the
-  linear part. :func:`transform_update` re-estimates ``alpha`` and ``beta`` during training and shifts the
-  shortcut weights and biases so that the network computes exactly the same function: the transformation
-  changes the optimisation, not the model.
+  output is ``gamma (f(z) - alpha z - beta)``, with ``alpha`` and ``beta`` chosen so that its output and its
+  slope average zero over the data [Raiko et al.], and optionally ``gamma`` so that the product of the mean
+  squares of its output and of its slope is one [Vatanen et al.'s third transformation]; the inputs are
+  centred, ``x - mean``; shortcut connections from every layer's input to every layer above carry the
+  linear part. :func:`transform_update` re-estimates these statistics during training and changes the
+  shortcuts, biases and outgoing weights so that the network computes exactly the same function: the
+  transformations change the optimisation, not the model.
 
 Layouts. ``batchnorm`` hidden layers are ``{"W", "gamma", "beta"}`` (no bias: ``beta`` plays its part, and a
 redundant bias would add an exact zero direction to the Hessian); the output layer is ``{"W", "b"}``; the
 state is a tuple of :class:`BatchNormState`, one per hidden layer. ``transform`` layer ``k`` is
 ``{"W", "b", "C"}`` where ``C[j]`` is the shortcut from source ``j`` (``x`` for ``j = 0``, the ``j``-th
 transformed hidden layer otherwise) for every ``j < k``; the state is one :class:`TransformState` holding
-``alpha`` and ``beta`` and the ``shift`` that :func:`transform_update` adds to ``b`` and ``C`` to keep the
+the transformations and the ``shift`` that :func:`transform_update` adds to ``W``, ``b`` and ``C`` to keep the
 function. The network computes with ``params + shift``: the parameters belong to the optimiser, the state
 to the re-estimation, so training takes the stateful loss form of :func:`fflab.train.fit`.
 """
@@ -57,14 +59,17 @@ class TransformState(NamedTuple):
     """The transformations of a ``transform`` network.
 
     Attributes:
-        alpha, beta: one ``(n_k,)`` array per hidden layer: the slope and offset removed from its
-            non-linearity.
-        shift: one ``{"b", "C"}`` dict per layer, shaped like that layer's ``b`` and ``C``: what
+        alpha, beta, gamma: one ``(n_k,)`` array per hidden layer: hidden unit ``i`` outputs
+            ``gamma_i (f(z_i) - alpha_i z_i - beta_i)``.
+        mean: ``(n_in,)``, the centre subtracted from the inputs.
+        shift: one ``{"W", "b", "C"}`` dict per layer, shaped like that layer's parameters: what
             :func:`transform_update` added to keep the function; the network computes with ``params + shift``.
     """
 
     alpha: tuple
     beta: tuple
+    gamma: tuple
+    mean: jax.Array
     shift: tuple
 
 
@@ -147,11 +152,11 @@ def init(
         return params, tuple(states)
     for k, layer in enumerate(params):
         layer["C"] = [jnp.zeros((sizes[j], sizes[k + 1]), dtype) for j in range(k)]
-    # alpha = beta = 0 is the plain network; transform_update moves it to the data's statistics.
+    # The plain network; transform_update moves the transformations to the data's statistics.
     zeros = tuple(jnp.zeros((n,), dtype) for n in hidden)
-    shift = tuple({"b": jnp.zeros_like(layer["b"]), "C": [jnp.zeros_like(c) for c in layer["C"]]}
-                  for layer in params)
-    return params, TransformState(zeros, zeros, shift)
+    ones = tuple(jnp.ones((n,), dtype) for n in hidden)
+    shift = tuple(jax.tree_util.tree_map(jnp.zeros_like, layer) for layer in params)
+    return params, TransformState(zeros, zeros, ones, jnp.zeros((sizes[0],), dtype), shift)
 
 
 def _derivative(f, z):
@@ -161,15 +166,12 @@ def _derivative(f, z):
 
 def _shifted(params, state: TransformState) -> list[dict]:
     """The parameters the transformed network computes with: ``params`` plus the state's shift."""
-    return [
-        {"W": layer["W"], "b": layer["b"] + s["b"], "C": [c + d for c, d in zip(layer["C"], s["C"], strict=True)]}
-        for layer, s in zip(params, state.shift, strict=True)
-    ]
+    return jax.tree_util.tree_map(jnp.add, list(params), list(state.shift))
 
 
 def _transform_forward(params, state: TransformState, x, f):
     """Forward pass with already-shifted ``params``; returns logits and every hidden pre-activation."""
-    sources, pre = [x], []
+    sources, pre = [x - state.mean], []
     for k, layer in enumerate(params):
         z = sources[-1] @ layer["W"] + layer["b"]
         for j, c in enumerate(layer["C"]):
@@ -177,7 +179,7 @@ def _transform_forward(params, state: TransformState, x, f):
         if k == len(params) - 1:
             return z, pre
         pre.append(z)
-        sources.append(f(z) - state.alpha[k] * z - state.beta[k])
+        sources.append(state.gamma[k] * (f(z) - state.alpha[k] * z - state.beta[k]))
 
 
 def apply(
@@ -214,49 +216,73 @@ def apply(
 
 def transform_update(
     params: list[dict], state: TransformState, x: jax.Array, *, activation: str = "relu",
-    momentum: float = 0.0,
+    momentum: float = 0.0, gamma: bool = False, centre: bool = True, eps: float = 1e-12,
 ) -> TransformState:
-    """Re-estimate ``alpha = mean f'(z)``, ``beta = mean(f(z)) - alpha mean(z)`` on ``x``; keep the model.
+    """Re-estimate the transformations on ``x`` and compensate, so that the network computes the same function.
 
-    Changing ``alpha`` by ``da`` and ``beta`` by ``db`` in layer ``i`` changes that layer's output by
-    ``-(da z_i + db)``; since ``z_i`` is affine in the sources below it, every layer above that reads the
-    output through a matrix ``M`` is compensated exactly by adding ``R_j diag(da) M`` to its shortcut from
-    each source ``j`` (``R_j`` being layer ``i``'s weights from that source) and ``(da b_i + db) M`` to its
-    bias [Raiko, Valpola & LeCun 2012, Sec. 2]. Layers are processed bottom-up, each step exact. The
-    compensation goes into the state's ``shift``; ``params`` are not changed.
+    Estimates, per hidden unit with pre-activation ``z`` over the batch, ``alpha = mean f'(z)`` and ``beta =
+    mean f(z) - alpha mean z`` [Raiko, Valpola & LeCun 2012], so that ``g = f(z) - alpha z - beta`` and its
+    slope average zero; with ``gamma``, ``gamma = (mean g^2 mean g'^2 + eps)^(-1/4)``, so that the output
+    ``gamma g`` has ``mean (gamma g)^2 mean (gamma g')^2 = 1`` [Vatanen, Raiko, Valpola & LeCun 2013, the third
+    transformation]; with ``centre``, the input centre ``mean = mean x``. Each estimate is blended with the
+    old value by ``momentum``.
+
+    Compensation, bottom-up, each step exact: moving the input centre by ``dm`` adds ``dm M`` to the bias of
+    every layer that reads ``x`` through a matrix ``M``. Changing layer ``i``'s ``(alpha, beta, gamma)`` changes
+    its output from ``s = gamma g`` to ``r s - gamma' (da z + db)`` with ``r = gamma' / gamma``; every layer
+    above that reads it through ``M`` gets ``M / r`` (row-wise) and, since ``z = sum_j s_j R_j + b_i`` is
+    affine in the sources below, ``R_j diag(gamma da) M`` added to its shortcut from each source ``j`` and
+    ``(gamma da b_i + gamma db) M`` to its bias [Raiko et al. 2012, Sec. 2]. The compensation goes into the
+    state's ``shift``; ``params`` are not changed.
 
     Args:
         params, state: a ``transform`` network from :func:`init`.
         x: a batch of inputs ``(batch, n_in)`` to estimate the statistics on.
-        momentum: weight of the old ``alpha, beta`` (0 replaces them with the batch estimate).
+        activation: the hidden non-linearity.
+        momentum: weight of the old transformations (0 replaces them with the batch estimate).
+        gamma: re-estimate ``gamma`` (else it keeps its value, 1 from :func:`init`).
+        centre: re-estimate the input centre (else it keeps its value, 0 from :func:`init`).
+        eps: keeps ``gamma`` finite for a unit whose ``g`` vanishes on the batch (a linear unit, say).
 
     Returns:
         The new :class:`TransformState`; ``apply(params, new_state, ...)`` computes the same function as
         ``apply(params, state, ...)``, up to float rounding.
     """
     f = mlp.activation_fn(activation)
-    eff = _shifted(params, state)
-    _, pre = _transform_forward(eff, state, x, f)
-    shift = [{"b": s["b"], "C": list(s["C"])} for s in state.shift]
-    alphas, betas = [], []
+    new = _shifted(params, state)  # the parameters the network computes with, compensated step by step
+    _, pre = _transform_forward(new, state, x, f)  # exact compensation keeps every pre-activation
+
+    def blend(old, estimate):
+        return momentum * old + (1 - momentum) * estimate
+
+    mean = blend(state.mean, jnp.mean(x, axis=0)) if centre else state.mean
+    dm = mean - state.mean
+    for k in range(len(new)):  # every layer reads x through W (k = 0) or its shortcut C[0]
+        new[k]["b"] = new[k]["b"] + dm @ (new[k]["W"] if k == 0 else new[k]["C"][0])
+    alphas, betas, gammas = [], [], []
     for i, z in enumerate(pre):
-        alpha = jnp.mean(_derivative(f, z), axis=0)
-        beta = jnp.mean(f(z), axis=0) - alpha * jnp.mean(z, axis=0)
-        alpha = momentum * state.alpha[i] + (1 - momentum) * alpha
-        beta = momentum * state.beta[i] + (1 - momentum) * beta
-        da, db = alpha - state.alpha[i], beta - state.beta[i]
+        a0, b0, g0 = state.alpha[i], state.beta[i], state.gamma[i]
+        a_est = jnp.mean(_derivative(f, z), axis=0)
+        alpha, beta = blend(a0, a_est), blend(b0, jnp.mean(f(z), axis=0) - a_est * jnp.mean(z, axis=0))
+        if gamma:
+            g, slope = f(z) - alpha * z - beta, _derivative(f, z) - alpha
+            g1 = blend(g0, (jnp.mean(g**2, axis=0) * jnp.mean(slope**2, axis=0) + eps) ** -0.25)
+        else:
+            g1 = g0
+        da, db, r = g0 * (alpha - a0), g0 * (beta - b0), g1 / g0
         source = i + 1  # layer i's output is source i + 1
-        # Layer i reads source j (j < i) through C[j] and source i through W.
-        reads = [*eff[i]["C"], eff[i]["W"]]
-        for k in range(i + 1, len(eff)):
-            m = eff[k]["W"] if k == source else eff[k]["C"][source]
-            for j, r in enumerate(reads):  # j <= i < k: layer k reads source j through a shortcut
-                step = (r * da) @ m
-                eff[k]["C"][j] = eff[k]["C"][j] + step
-                shift[k]["C"][j] = shift[k]["C"][j] + step
-            step = (da * eff[i]["b"] + db) @ m
-            eff[k]["b"] = eff[k]["b"] + step
-            shift[k]["b"] = shift[k]["b"] + step
+        reads = [*new[i]["C"], new[i]["W"]]  # layer i reads source j < i through C[j], source i through W
+        for k in range(i + 1, len(new)):
+            m = new[k]["W"] if k == source else new[k]["C"][source]
+            for j, read in enumerate(reads):  # j <= i < k: layer k reads source j through a shortcut
+                new[k]["C"][j] = new[k]["C"][j] + (read * da) @ m
+            new[k]["b"] = new[k]["b"] + (da * new[i]["b"] + db) @ m
+            if k == source:
+                new[k]["W"] = m / r[:, None]
+            else:
+                new[k]["C"][source] = m / r[:, None]
         alphas.append(alpha)
         betas.append(beta)
-    return TransformState(tuple(alphas), tuple(betas), tuple(shift))
+        gammas.append(g1)
+    shift = jax.tree_util.tree_map(lambda n, p: n - p, new, list(params))
+    return TransformState(tuple(alphas), tuple(betas), tuple(gammas), mean, tuple(shift))

@@ -5,7 +5,8 @@ A preset is one model among any other: it builds nothing a user could not write 
 model), and the command line and the experiments use it instead of writing the same losses again.
 
 ``model = classifier("relu")`` (plain), ``classifier("relu", "batchnorm")`` or ``classifier("relu",
-"transform")`` [Raiko, Valpola & LeCun 2012] gives a :class:`Classifier`:
+"transform")`` [Raiko, Valpola & LeCun 2012; with ``transform_gamma=True``, Vatanen et al. 2013] gives a
+:class:`Classifier`:
 
 - ``params, model_state = model.init(key, [784, 225, 144, 10])``; ``model_state`` is ``None`` for the plain
   MLP (training and analysis then use the stateless loss form), else the normalisation's state;
@@ -77,12 +78,14 @@ def _norm_apply(params, model_state, x, *, kind, activation, bn_momentum, train=
                       momentum=bn_momentum)
 
 
-def _norm_loss(params, model_state, x, y, *, kind, activation, bn_momentum, transform_momentum, train):
+def _norm_loss(params, model_state, x, y, *, kind, activation, bn_momentum, transform_momentum, transform_gamma,
+               transform_centre, train):
     if kind == "transform" and train:
         # Re-estimate the transformations on this mini-batch (they are statistics, not parameters: no
         # gradient flows through them), then take the loss of the same function in the new coordinates.
         model_state = norm.transform_update(jax.lax.stop_gradient(params), model_state, x,
-                                            activation=activation, momentum=transform_momentum)
+                                            activation=activation, momentum=transform_momentum,
+                                            gamma=transform_gamma, centre=transform_centre)
     logits, model_state = _norm_apply(params, model_state, x, kind=kind, activation=activation,
                                       bn_momentum=bn_momentum, train=train)
     return losses.cross_entropy(logits, y), model_state
@@ -99,6 +102,8 @@ def classifier(
     *,
     bn_momentum: float = 0.9,
     transform_momentum: float = 0.9,
+    transform_gamma: bool = False,
+    transform_centre: bool = True,
 ) -> Classifier:
     """The MLP classifier preset for ``activation`` and ``norm``.
 
@@ -108,17 +113,23 @@ def classifier(
             [Raiko, Valpola & LeCun 2012].
         bn_momentum: weight of the old running statistics in batch norm's update (Ioffe & Szegedy use a
             moving average; 0 keeps only the last mini-batch).
-        transform_momentum: weight of the old slopes and offsets when each training step re-estimates the
-            transformations on its mini-batch.
+        transform_momentum: weight of the old transformations when each training step re-estimates them on
+            its mini-batch.
+        transform_gamma: also re-estimate each unit's output scale ``gamma``, Vatanen et al.'s (2013) third
+            transformation (see :func:`fflab.norm.transform_update`).
+        transform_centre: also centre the inputs on the running mean of the mini-batches.
 
     Returns:
         A :class:`Classifier`; equal arguments give the same object.
     """
-    return _classifier(activation, norm, float(bn_momentum), float(transform_momentum))
+    if norm != "transform":  # options another kind ignores: equal presets, one object, shared programs
+        transform_momentum, transform_gamma, transform_centre = 0.9, False, True
+    return _classifier(activation, norm, float(bn_momentum), float(transform_momentum), bool(transform_gamma),
+                       bool(transform_centre))
 
 
 @functools.cache
-def _classifier(activation, norm, bn_momentum, transform_momentum) -> Classifier:
+def _classifier(activation, norm, bn_momentum, transform_momentum, transform_gamma, transform_centre) -> Classifier:
     options.check("activation", activation, options.ACTIVATIONS)
     if norm is None:
         loss = functools.partial(_plain_loss, activation=activation)
@@ -135,7 +146,8 @@ def _classifier(activation, norm, bn_momentum, transform_momentum) -> Classifier
         if not 0 <= value < 1:
             raise ValueError(f"{name} must lie in [0, 1), got {value}")
     common = {"kind": norm, "activation": activation, "bn_momentum": bn_momentum}
-    loss = functools.partial(_norm_loss, **common, transform_momentum=transform_momentum)
+    loss = functools.partial(_norm_loss, **common, transform_momentum=transform_momentum,
+                             transform_gamma=transform_gamma, transform_centre=transform_centre)
     return Classifier(
         init=functools.partial(_norm_init, kind=norm),
         apply=functools.partial(_norm_apply, **common),

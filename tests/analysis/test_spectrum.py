@@ -106,6 +106,25 @@ def test_diagonal_dominance_hand_values():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scaled_diagonal_dominance_ignores_the_parameters_units(seed):
+    rng = np.random.default_rng(seed)
+    H = planted(rng.standard_normal(8), seed)
+    S = np.diag(np.exp(rng.uniform(-2, 2, 8)))  # rescale each parameter by up to e^+-2
+    for blocks in (None, [3, 5]):
+        share = spectrum.diagonal_dominance(H, blocks, scaled=True)
+        assert spectrum.diagonal_dominance(S @ H @ S, blocks, scaled=True) == pytest.approx(share, rel=1e-10)
+    d = 1 / np.sqrt(np.abs(np.diag(H)))
+    C = H * d[:, None] * d[None, :]  # the Jacobi-scaled matrix by hand
+    assert spectrum.diagonal_dominance(H, scaled=True) == pytest.approx(
+        np.linalg.norm(C - np.diag(np.diag(C))) / np.linalg.norm(C), rel=1e-12)
+    # Hand values: [[4, 2], [2, 1]] scales to all ones; a parameter the loss does not see is left out.
+    H2 = np.array([[4.0, 2.0], [2.0, 1.0]])
+    assert spectrum.diagonal_dominance(H2) == pytest.approx(np.sqrt(8 / 25), rel=1e-14)
+    assert spectrum.diagonal_dominance(H2, scaled=True) == pytest.approx(np.sqrt(0.5), rel=1e-14)
+    assert spectrum.diagonal_dominance(np.diag([2.0, 0.0]), scaled=True) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_block_norms_tile_the_frobenius_norm(seed):
     H = planted(np.random.default_rng(seed).standard_normal(10), seed)
     sizes = [3, 1, 4, 2]

@@ -86,6 +86,52 @@ def test_transform_update_keeps_the_function_and_centres_output_and_slope(seed, 
     assert all(float(jnp.abs(c).max()) == 0 for c in params[-1]["C"])
 
 
+@functools.partial(jax.jit, static_argnames=("activation", "gamma", "centre"))
+def _update_twice(params, state, x1, x2, *, activation, gamma, centre):
+    """Two re-estimations (momentum 0.5, two batches) and the logits on x1 before and after each."""
+    out = [norm.apply(params, state, x1, norm="transform", activation=activation)[0]]
+    for xb in (x1, x2):
+        state = norm.transform_update(params, state, xb, activation=activation, momentum=0.5, gamma=gamma,
+                                      centre=centre)
+        out.append(norm.apply(params, state, x1, norm="transform", activation=activation)[0])
+    fresh = norm.transform_update(params, state, x2, activation=activation, gamma=gamma, centre=centre)
+    return out, fresh
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("gamma, centre", [(True, True), (False, False)])
+def test_gamma_and_centring_keep_the_function_and_meet_their_definitions(seed, activation, gamma, centre):
+    """Vatanen et al.'s gamma and input centring, against numpy: the outputs never move; after a fresh
+    estimate (momentum 0) each unit's output has mean(h^2) * mean(h'^2) = 1 and the inputs mean zero."""
+    x1, _ = _data(seed)
+    x2, _ = _data(seed + 10)
+    params, state = norm.init(jax.random.PRNGKey(seed), [6, 5, 4, 3], norm="transform", init="glorot")
+    rng = np.random.default_rng(seed)  # non-zero shortcuts and biases, so every compensation term is exercised
+    params = jax.tree_util.tree_map(lambda a: a + 0.3 * rng.normal(size=a.shape), params)
+    outs, fresh = _update_twice(params, state, x1, x2, activation=activation, gamma=gamma, centre=centre)
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], atol=1e-10)
+    np.testing.assert_allclose(fresh.mean, np.asarray(x2).mean(0) if centre else 0, atol=1e-12)
+    # The transformed hidden outputs on x2, by hand in numpy from the shifted parameters.
+    f = {"tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z))}[activation]
+    df = {"tanh": lambda z: 1 - np.tanh(z) ** 2, "sigmoid": lambda z: f(z) * (1 - f(z))}[activation]
+    eff = jax.tree_util.tree_map(lambda p, s: np.asarray(p + s), params, list(fresh.shift))
+    sources = [np.asarray(x2) - np.asarray(fresh.mean)]
+    for k in range(2):
+        z = sources[-1] @ eff[k]["W"] + eff[k]["b"] + sum(s @ c for s, c in zip(sources[:k], eff[k]["C"], strict=True))
+        a, b, g = (np.asarray(t[k]) for t in (fresh.alpha, fresh.beta, fresh.gamma))
+        h, slope = g * (f(z) - a * z - b), g * (df(z) - a)
+        np.testing.assert_allclose(h.mean(0), 0, atol=1e-12)
+        np.testing.assert_allclose(slope.mean(0), 0, atol=1e-12)
+        product = ((h / g) ** 2).mean(0) * ((slope / g) ** 2).mean(0)  # of the unscaled g = f - alpha z - beta
+        expected = product / (product + 1e-12) if gamma else product  # gamma^4 = 1 / (product + eps)
+        np.testing.assert_allclose((h**2).mean(0) * (slope**2).mean(0), expected, rtol=1e-9)
+        if not gamma:
+            np.testing.assert_allclose(g, 1.0)
+        sources.append(h)
+
+
 def test_transform_network_at_zero_state_is_the_plain_mlp():
     from fflab import mlp
 
@@ -106,3 +152,18 @@ def test_bad_input_is_a_clear_error():
         norm.apply(params, state, jnp.ones((5, 4)), norm="batchnorm")
     with pytest.raises(ValueError, match="at least 2 samples"):
         norm.apply(params, state, jnp.ones((1, 3)), norm="batchnorm", train=True)
+
+
+def test_the_transform_preset_passes_its_options_to_transform_update():
+    from fflab import presets
+
+    x, y = _data(0)
+    model = presets.classifier("tanh", "transform", transform_momentum=0.0, transform_gamma=True)
+    params, state = model.init(jax.random.PRNGKey(0), [6, 5, 4, 3], init="glorot")
+    _, got = jax.jit(model.loss_fn)(params, state, x, y)
+    want = norm.transform_update(params, state, x, activation="tanh", gamma=True, centre=True)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert float(jnp.abs(got.gamma[0] - 1).max()) > 0.01 and float(jnp.abs(got.mean).max()) > 0.1
+    # Options that only the transformed net reads do not split the other presets.
+    assert presets.classifier("tanh", "batchnorm", transform_gamma=True) is presets.classifier("tanh", "batchnorm")
