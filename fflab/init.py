@@ -1,10 +1,13 @@
 """Named weight-initialisation schemes for dense layers.
 
 Every scheme maps ``(key, n_in, n_out, *, scale)`` to an ``(n_in, n_out)`` weight matrix; ``scale``
-multiplies the result. Biases start at zero (see :func:`fflab.mlp.init`).
+multiplies the result. Biases start at zero (see :func:`fflab.mlp.init`). Most schemes draw ``N(0, std^2)``
+with the std of :func:`std`; ``standard_uniform`` and ``glorot_uniform`` are Glorot & Bengio's own uniform
+draws (their "standard" and "normalized" initialisations, eqs. 1 and 16).
 
 References:
-    Glorot & Bengio (2010), Understanding the difficulty of training deep feedforward neural networks.
+    Glorot & Bengio (2010), Understanding the difficulty of training deep feedforward neural networks
+    (``glorot``, ``glorot_relu``, ``standard_uniform``, ``glorot_uniform``).
     He, Zhang, Ren & Sun (2015), Delving deep into rectifiers.
     LeCun, Bottou, Orr & Mueller (1998), Efficient BackProp.
     Martens (2010), Deep learning via Hessian-free optimization.
@@ -56,6 +59,21 @@ _STD = {
 }
 
 
+# Glorot & Bengio (2010): the half-width of each uniform draw. U[-a, a] has standard deviation a / sqrt(3).
+_UNIFORM = {
+    "standard_uniform": lambda n_in, n_out: 1.0 / math.sqrt(n_in),  # the common heuristic, eq. 1
+    "glorot_uniform": lambda n_in, n_out: math.sqrt(6.0 / (n_in + n_out)),  # "normalized", eq. 16
+}
+
+
+def _uniform(limit_fn: Callable[[int, int], float]):
+    def scheme(key, n_in, n_out, dtype):
+        limit = limit_fn(n_in, n_out)
+        return flat_draw(jax.random.uniform, key, (n_in, n_out), dtype, -limit, limit)
+
+    return scheme
+
+
 def _sparse(key, n_in, n_out, dtype):
     """Martens (2010): each unit gets ``min(15, n_in)`` non-zero N(0, 1) incoming weights."""
     k = min(SPARSE_CONNECTIONS, n_in)
@@ -74,6 +92,7 @@ def _orthogonal(key, n_in, n_out, dtype):
 
 SCHEMES: dict[str, Callable] = {
     **{name: _gaussian(fn) for name, fn in _STD.items()},
+    **{name: _uniform(fn) for name, fn in _UNIFORM.items()},
     "sparse": _sparse,
     "orthogonal": _orthogonal,
 }
@@ -87,10 +106,13 @@ def std(name: str, n_in: int, n_out: int, *, scale: float = 1.0) -> float:
     """The standard deviation a scheme gives each weight of an ``(n_in, n_out)`` layer.
 
     For ``sparse`` this is the std over all entries, ``sqrt(min(15, n_in) / n_in)``; for ``orthogonal`` it is
-    ``sqrt(1 / max(n_in, n_out))``, the std of the entries of a (semi-)orthogonal matrix.
+    ``sqrt(1 / max(n_in, n_out))``, the std of the entries of a (semi-)orthogonal matrix; for the uniform schemes
+    ``U[-a, a]`` it is ``a / sqrt(3)``.
     """
     _check(name)
-    if name == "sparse":
+    if name in _UNIFORM:
+        base = _UNIFORM[name](n_in, n_out) / math.sqrt(3.0)
+    elif name == "sparse":
         base = math.sqrt(min(SPARSE_CONNECTIONS, n_in) / n_in)
     elif name == "orthogonal":
         base = math.sqrt(1.0 / max(n_in, n_out))

@@ -15,6 +15,8 @@ FORMULAS = {
     "lecun": lambda n_in, n_out: math.sqrt(1 / n_in),
     "sparse": lambda n_in, n_out: math.sqrt(15 / n_in),
     "orthogonal": lambda n_in, n_out: math.sqrt(1 / max(n_in, n_out)),
+    "standard_uniform": lambda n_in, n_out: math.sqrt(1 / (3 * n_in)),  # U[+-1/sqrt(n_in)]
+    "glorot_uniform": lambda n_in, n_out: math.sqrt(2 / (n_in + n_out)),  # U[+-sqrt(6/(n_in+n_out))]
 }
 
 
@@ -78,3 +80,14 @@ def test_orthogonal_has_unit_singular_values_times_gain(shape):
 def test_unknown_scheme_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: glorot_relu, glorot, he_forward"):
         init.weights(jax.random.PRNGKey(0), 3, 3, "xavier")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_uniform_schemes_are_glorot_and_bengios_draws(dtype):
+    # Their eq. 1 (standard) and eq. 16 (normalized): U[-a, a] with a = 1/sqrt(n_in) and sqrt(6/(n_in + n_out)).
+    key = jax.random.PRNGKey(5)
+    for scheme, limit in (("standard_uniform", 1 / math.sqrt(40)), ("glorot_uniform", math.sqrt(6 / 70))):
+        w = init.weights(key, 40, 30, scheme, dtype=dtype)
+        assert w.dtype == dtype and float(jnp.max(jnp.abs(w))) <= limit
+        assert float(jnp.max(jnp.abs(w))) > 0.95 * limit  # the draw fills the interval
+        np.testing.assert_array_equal(w, jax.random.uniform(key, (40, 30), dtype, -limit, limit))
