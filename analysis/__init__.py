@@ -13,6 +13,7 @@ _FUNCTIONS = {
     "data_mesh": "sharding",
     "hessian": "curvature",
     "hessian_blocks": "curvature",
+    "unravel": "curvature",
     "lanczos": "krylov",
     "eigsh": "krylov",
     "spectral_density": "density",

@@ -4,6 +4,11 @@ Flat vectors and matrices use the order of ``jax.flatten_util.ravel_pytree(param
 where a function chunks over data (``batch_size``), every leaf of every data argument shares a leading sample
 axis and the loss is a *mean* over that axis.
 
+``wrt=`` restricts the curvature to a part of the params pytree (a layer, or any leaves the caller picks, e.g.
+``wrt=lambda p: p[1]``): the operator then acts on that part's flat vectors, in the ravel order of
+``wrt(params)``, and is the principal block of the full matrix on those leaves, without forming it. Flat
+vectors go back to pytrees with :func:`unravel`.
+
 With ``hessian_operator(..., mesh=data_mesh())`` the data are sharded over the devices of a
 ``jax.sharding.Mesh`` and each product is one ``jax.shard_map`` program with one all-reduce
 (see :mod:`analysis.sharding`).
@@ -44,6 +49,7 @@ __all__ = [
     "hessian_blocks",
     "hessian_operator",
     "hvp",
+    "unravel",
 ]
 
 CURVATURES = ("hessian", "ggn")
@@ -166,6 +172,91 @@ def _num_samples(args, what: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# parts of the params pytree
+
+
+class _Marker:
+    """Stands in for leaf ``index`` of params while ``wrt`` picks its part."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __repr__(self):
+        return f"<leaf {self.index}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """Which leaves of a params pytree (by position) ``wrt`` chose, and the structure of its part; hashable."""
+
+    treedef: Any
+    indices: tuple[int, ...]
+    part_def: Any
+
+    def take(self, params):
+        leaves = self.treedef.flatten_up_to(params)
+        return jax.tree_util.tree_unflatten(self.part_def, [leaves[i] for i in self.indices])
+
+    def put(self, params, part):
+        leaves = list(self.treedef.flatten_up_to(params))
+        for i, leaf in zip(self.indices, self.part_def.flatten_up_to(part), strict=True):
+            leaves[i] = leaf
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _select(params, wrt: Callable) -> _Part:
+    """Run ``wrt`` on the structure of ``params`` (leaves replaced by markers) to learn which leaves it picks."""
+    if not callable(wrt):
+        raise ValueError(f"wrt must be a function params -> part of params (e.g. lambda p: p[1]), got {wrt!r}")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    try:
+        chosen = wrt(jax.tree_util.tree_unflatten(treedef, [_Marker(i) for i in range(len(leaves))]))
+    except Exception as err:  # indexing a wrong key, or arithmetic on a leaf
+        raise ValueError(
+            f"wrt failed on the structure of params ({type(err).__name__}: {err}); it must pick parts of "
+            "params, e.g. lambda p: p[1] or lambda p: (p[0]['W'], p[2]['W']), without computing with them"
+        ) from None
+    picked, part_def = jax.tree_util.tree_flatten(chosen)
+    if not picked or not all(isinstance(m, _Marker) for m in picked):
+        what = "nothing" if not picked else f"{type(next(m for m in picked if not isinstance(m, _Marker))).__name__}"
+        raise ValueError(f"wrt must return leaves of params (a subtree, or a tuple of them), got {what}")
+    indices = tuple(m.index for m in picked)
+    if len(set(indices)) != len(indices):
+        raise ValueError("wrt picks the same leaf of params twice")
+    return _Part(treedef, indices, part_def)
+
+
+def unravel(vectors: Any, like: Any) -> Any:
+    """Flat vectors in the ravel order of ``like`` as pytrees shaped like it (e.g. eigenvectors per layer).
+
+    The inverse of ``jax.flatten_util.ravel_pytree(like)[0]`` for each vector, as PyHessian returns one tensor
+    per parameter: use it on the columns of :func:`analysis.eigsh`'s eigenvectors (or
+    ``EigshResult.unravel``), of ``numpy.linalg.eigh`` of :func:`hessian`, or on a vector of an operator
+    restricted with ``wrt=`` (then ``like`` is the part, ``wrt(params)``).
+
+    Args:
+        vectors: ``(dim,)`` one vector, or ``(dim, k)`` with one vector per column.
+        like: the pytree whose ravel order the vectors use, with ``dim`` scalars in all.
+
+    Returns:
+        One pytree like ``like`` for a ``(dim,)`` vector; a tuple of ``k`` of them for ``(dim, k)``, in
+        column order. Leaves take ``like``'s dtypes.
+    """
+    flat, back = ravel_pytree(like)
+    vectors = jnp.asarray(vectors)
+    if vectors.ndim not in (1, 2) or vectors.shape[0] != flat.size:
+        raise ValueError(
+            f"vectors must have shape ({flat.size},) or ({flat.size}, k) for a pytree of {flat.size} scalars, got "
+            f"{vectors.shape}; an operator restricted with wrt= has vectors like wrt(params)"
+        )
+    if vectors.ndim == 1:
+        return back(vectors.astype(flat.dtype))
+    return tuple(back(vectors[:, i].astype(flat.dtype)) for i in range(vectors.shape[1]))
+
+
+# --------------------------------------------------------------------------------------------------
 # products
 
 
@@ -246,6 +337,7 @@ class _Product:
     output_fn: Callable | None
     outer_loss: Callable | None
     mesh: Mesh | None = None
+    part: _Part | None = None
 
     def __call__(self, params, *rest):
         return _flat_product(self, params, *rest)
@@ -254,7 +346,7 @@ class _Product:
 @functools.partial(jax.jit, static_argnums=0)
 def _flat_product(spec: _Product, params, *rest):
     *args, v = rest
-    flat = ravel_pytree(params)[0]
+    flat = ravel_pytree(params if spec.part is None else spec.part.take(params))[0]
     if v.shape != flat.shape:
         raise ValueError(f"matvec expects a vector of shape {flat.shape}, got {v.shape}")
     v = v.astype(flat.dtype)
@@ -265,14 +357,26 @@ def _flat_product(spec: _Product, params, *rest):
 
 def _local_product(spec: _Product, params, v, args):
     """The mean product over the samples in ``args`` (all of them, or one device's share)."""
-    flat, unravel = ravel_pytree(params)
-    v_tree = unravel(v)
+    loss_fn, output_fn = spec.loss_fn, spec.output_fn
+    if spec.part is not None:
+        # Differentiate in the part only; the other leaves enter as they are (no tangents, no cotangents).
+        full, part = params, spec.part
+
+        def loss_fn(sub, *data):
+            return spec.loss_fn(part.put(full, sub), *data)
+
+        def output_fn(sub, x):
+            return spec.output_fn(part.put(full, sub), x)
+
+        params = part.take(full)
+    flat, back = ravel_pytree(params)
+    v_tree = back(v)
 
     def product(data):
         if spec.curvature == "hessian":
-            out = _tree_hvp(spec.loss_fn, params, v_tree, data)
+            out = _tree_hvp(loss_fn, params, v_tree, data)
         else:
-            out = _tree_ggn(spec.output_fn, spec.outer_loss, params, v_tree, data)
+            out = _tree_ggn(output_fn, spec.outer_loss, params, v_tree, data)
         return ravel_pytree(out)[0]
 
     if spec.batch_size is None:
@@ -309,6 +413,7 @@ def hessian_operator(
     loss: Callable | None = None,
     batch_size: int | None = None,
     mesh: Mesh | None = None,
+    wrt: Callable | None = None,
 ) -> tuple[Partial, int]:
     """Matrix-free curvature operator ``v -> C v`` on flat vectors (Hessian or Gauss-Newton ``C``).
 
@@ -353,9 +458,24 @@ def hessian_operator(
             compiled program, so Lanczos loops over it never return to the host. Data already sharded
             this way (a global ``jax.Array`` on several hosts after ``jax.distributed.initialize()``)
             is kept as it is. ``None`` or a one-device ``"data"`` axis: the one-device path.
+        wrt: restrict ``C`` to a part of ``params``: a function that picks it from the params pytree, e.g.
+            ``lambda p: p[1]`` (a layer), ``lambda p: p[1]["W"]`` (one leaf) or ``lambda p: (p[0]["W"],
+            p[2]["W"])`` (any leaves). The operator is then the principal block of ``C`` on those leaves,
+            ``d^2 loss / d part^2`` with the other parameters fixed (for ``"ggn"``: ``J_part^T H_out
+            J_part``), on flat vectors in the ravel order of ``wrt(params)``, with ``dim`` its size; the
+            block is never formed, so :func:`analysis.eigsh`, :func:`analysis.spectral_density` and
+            :func:`analysis.trace` give per-layer spectra of networks whose blocks do not fit in memory.
+            ``wrt`` runs once on the structure of ``params`` and may only pick parts of it.
 
     Returns:
-        ``(matvec, dim)`` with ``matvec: (dim,) -> (dim,)`` in the dtype of the raveled params.
+        ``(matvec, dim)`` with ``matvec: (dim,) -> (dim,)`` in the dtype of the raveled params (of the part
+        with ``wrt``).
+
+    Example::
+
+        matvec, dim = analysis.hessian_operator(loss_fn, params, x, y, wrt=lambda p: p[1])  # layer 1
+        top = analysis.eigsh(matvec, dim, 3, key=jax.random.key(0))
+        w_and_b = top.unravel(params[1])  # 3 eigenvectors, each {"W": ..., "b": ...}
     """
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; valid names: {', '.join(CURVATURES)}")
@@ -400,10 +520,11 @@ def hessian_operator(
         if loss_fn is None:
             raise ValueError("curvature='hessian' needs loss_fn")
         _check_inputs(loss_fn, params, args)
+    part = None if wrt is None else _select(params, wrt)
     spec = _Product(
-        loss_fn if curvature == "hessian" else None, curvature, batch_size, output_fn, outer, mesh
+        loss_fn if curvature == "hessian" else None, curvature, batch_size, output_fn, outer, mesh, part
     )
-    dim = int(ravel_pytree(params)[0].size)
+    dim = int(ravel_pytree(params if part is None else part.take(params))[0].size)
     if mesh is not None:
         params, args = sharding.place(mesh, params, args)
     return Partial(spec, params, *args), dim
@@ -421,8 +542,24 @@ def _composed_loss(output_fn, outer):
 # dense matrices
 
 
+@dataclasses.dataclass(frozen=True)
+class _PartLoss:
+    """``loss_fn`` as a function of a part of the params, the whole params following as data; hashable."""
+
+    loss_fn: Callable
+    part: _Part
+
+    def __call__(self, sub, params, *args):
+        return self.loss_fn(self.part.put(params, sub), *args)
+
+
 def hessian(
-    loss_fn: Callable, params: Any, *args: Any, chunk_size: int | None = None, max_bytes: int | None = None
+    loss_fn: Callable,
+    params: Any,
+    *args: Any,
+    chunk_size: int | None = None,
+    max_bytes: int | None = None,
+    wrt: Callable | None = None,
 ) -> jax.Array:
     """Dense Hessian ``(P, P)`` of ``loss_fn`` from vmapped forward-over-reverse products on basis vectors.
 
@@ -442,11 +579,19 @@ def hessian(
         chunk_size: basis vectors per vmapped product (default from :data:`DEFAULT_CHUNK_SIZE`: 16 on CPU).
         max_bytes: refuse (``ValueError``, before allocating) when ``P^2`` entries need more; default half
             the device's memory.
+        wrt: only the block of a part of ``params``, picked as for :func:`hessian_operator` (e.g.
+            ``lambda p: p[1]``); ``P`` is then the part's size and the order that of ``wrt(params)``.
 
     Returns:
         ``H`` of shape ``(P, P)`` with ``H[i, j] = d^2 loss / d theta_i d theta_j`` in ravel order,
         as ``jax.hessian`` flattened (``jacfwd`` convention: column ``j`` is ``H e_j``).
     """
+    if wrt is not None:
+        _check_hashable(loss_fn, "loss_fn")
+        part = _select(params, wrt)
+        return hessian(
+            _PartLoss(loss_fn, part), part.take(params), params, *args, chunk_size=chunk_size, max_bytes=max_bytes
+        )
     _check_inputs(loss_fn, params, args)
     chunk_size = _chunk(chunk_size)
     dim = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))

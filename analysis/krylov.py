@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analysis._linalg import as_operator, check_count, hoisted, iterate, require_finite, start_basis
+from analysis.curvature import unravel
 
 __all__ = ["WHICH", "EigshResult", "LanczosResult", "eigsh", "lanczos"]
 
@@ -56,13 +57,23 @@ class EigshResult(NamedTuple):
     Attributes:
         eigenvalues: ``(k,)`` from the wanted end: descending for ``"LA"``, ascending for ``"SA"``
             and ``"BE"``.
-        eigenvectors: ``(dim, k)`` orthonormal columns.
+        eigenvectors: ``(dim, k)`` orthonormal columns, flat (in the ravel order of the operator's params).
         residuals: ``(k,)`` true residual norms ``||A v - lambda v||``.
     """
 
     eigenvalues: jax.Array
     eigenvectors: jax.Array
     residuals: jax.Array
+
+    def unravel(self, like) -> tuple:
+        """The eigenvectors shaped like the params, one pytree per eigenvalue (PyHessian's per-parameter
+        tensors): ``like`` is the params pytree of the operator (``wrt(params)`` for a restricted one).
+
+        Returns:
+            A tuple of ``k`` pytrees like ``like``, in the order of :attr:`eigenvalues`; each has unit norm over
+            all its leaves. See :func:`analysis.unravel`.
+        """
+        return unravel(self.eigenvectors, like)
 
 
 def _run_lanczos(matvec, v0, key, num_steps):
@@ -184,6 +195,7 @@ def eigsh(
     tol: float = 1e-6,
     max_restarts: int = 200,
     key: jax.Array,
+    v0: jax.Array | None = None,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos [Wu & Simon 2000].
 
@@ -206,9 +218,19 @@ def eigsh(
         tol: relative residual tolerance.
         max_restarts: most restarts after the first cycle.
         key: PRNG key for the start vector and breakdown directions.
+        v0: optional ``(dim,)`` start vector instead of a random one, e.g. an eigenvector of a nearby
+            operator (normalised internally). For one eigenvalue tracked along training,
+            :func:`analysis.sharpness.top_eigenpair` stops as soon as it converges, which a warm start needs.
 
     Returns:
-        :class:`EigshResult` with eigenvalues ``(k,)``, eigenvectors ``(dim, k)`` and residuals ``(k,)``.
+        :class:`EigshResult` with eigenvalues ``(k,)``, eigenvectors ``(dim, k)`` and residuals ``(k,)``;
+        ``result.unravel(params)`` gives the eigenvectors as pytrees.
+
+    Example::
+
+        matvec, dim = analysis.hessian_operator(loss_fn, params, x, y)
+        top = analysis.eigsh(matvec, dim, 3, key=jax.random.key(0))
+        v1 = top.unravel(params)[0]  # the top eigenvector, shaped like params
     """
     op, dtype = as_operator(matvec, dim)
     dim = int(dim)
@@ -228,7 +250,7 @@ def eigsh(
     by_magnitude = jnp.asarray(which == "LM")
 
     key, sub = jax.random.split(key)
-    basis, proj, norms = start_basis(_initial_vector(sub, dim, dtype, None), m)
+    basis, proj, norms = start_basis(_initial_vector(sub, dim, dtype, v0), m)
     start = 0
     for _ in range(max_restarts + 1):
         key, sub = jax.random.split(key)

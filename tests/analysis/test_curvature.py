@@ -254,3 +254,85 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="positive integer"):
         analysis.hessian(M.loss_fn, params, x, y, chunk_size=2.5)
     assert set(curvature.__all__) >= {"hvp", "hessian", "hessian_operator", "hessian_blocks"}
+
+
+# --------------------------------------------------------------------------------------------------
+# parts of the params: wrt=, and vectors back to pytrees
+
+# Parts of the 64-9-7-10 MLP: a layer, one leaf, and leaves out of ravel order (the part's own order counts).
+PARTS = {
+    "layer 1": (lambda p: p[1], ["[1]['W']", "[1]['b']"]),
+    "one leaf": (lambda p: p[2]["W"], ["[2]['W']"]),
+    "two leaves reversed": (lambda p: (p[2]["b"], p[0]["b"]), ["[2]['b']", "[0]['b']"]),
+}
+
+
+@pytest.fixture(scope="module")
+def small_blocks():
+    params, x, y = M.small_mlp()
+    return analysis.hessian_blocks(M.loss_fn, params, x, y)
+
+
+def dense_block(blocks, names):
+    """The principal block of the dense Hessian on the named leaves, in that order (the oracle)."""
+    return np.block([[np.asarray(blocks.block(a, b)) for b in names] for a in names])
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+def test_restricted_operator_is_the_dense_block(small_blocks, part):
+    wrt, names = PARTS[part]
+    params, x, y = M.small_mlp()
+    want = dense_block(small_blocks, names)
+    matvec, dim = analysis.hessian_operator(M.loss_fn, params, x, y, wrt=wrt)
+    assert dim == want.shape[0] == ravel_pytree(wrt(params))[0].size
+    eye = jnp.eye(dim)
+    assert rel_err(jax.vmap(matvec)(eye), want) < 1e-10
+    if part == "layer 1":  # chunked products and the dense path compile their own programs: one part suffices
+        chunked, _ = analysis.hessian_operator(M.loss_fn, params, x, y, wrt=wrt, batch_size=50)
+        assert rel_err(jax.vmap(chunked)(eye), want) < 1e-10
+        assert rel_err(analysis.hessian(M.loss_fn, params, x, y, wrt=wrt), want) < 1e-10
+
+
+def test_restricted_ggn_is_the_principal_block_of_the_ggn():
+    params, x, y = M.digits_mlp(30, sizes=(64, 5, 10), seed=1)
+    G = np.asarray(explicit_ggn(params, x, y)[0])
+    edges = np.cumsum([0, 64 * 5, 5, 5 * 10, 10])  # W0, b0, W1, b1 in ravel order
+    matvec, dim = analysis.hessian_operator(
+        M.loss_fn, params, x, y, curvature="ggn", output_fn=M.output_fn, loss=losses.cross_entropy, wrt=lambda p: p[1]
+    )
+    assert dim == 60
+    want = G[edges[2] :, edges[2] :]
+    assert rel_err(jax.vmap(matvec)(jnp.eye(dim)), want) < 1e-10
+
+
+def test_unravel_inverts_ravel_pytree():
+    params, _, _ = M.small_mlp()
+    flat, _ = ravel_pytree(params)
+    vectors = jax.random.normal(jax.random.PRNGKey(0), (flat.size, 3))
+    trees = analysis.unravel(vectors, params)
+    assert len(trees) == 3
+    for i, tree in enumerate(trees):
+        assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)
+        assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True))
+        np.testing.assert_array_equal(ravel_pytree(tree)[0], vectors[:, i])
+    one = analysis.unravel(vectors[:, 1], params)
+    np.testing.assert_array_equal(one[1]["W"], trees[1][1]["W"])
+    with pytest.raises(ValueError, match=r"shape \(735,\) or \(735, k\).*wrt\(params\)"):
+        analysis.unravel(vectors[:70], params)
+
+
+def test_wrt_validation():
+    params, x, y = M.digits_mlp(20, sizes=(64, 4, 10))
+    with pytest.raises(ValueError, match="wrt must be a function"):
+        analysis.hessian_operator(M.loss_fn, params, x, y, wrt="[1]")
+    with pytest.raises(ValueError, match="wrt failed on the structure of params.*without computing"):
+        analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: 2 * p[0]["W"])
+    with pytest.raises(ValueError, match="wrt failed.*KeyError"):
+        analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: p[0]["V"])
+    with pytest.raises(ValueError, match="must return leaves of params.*got int"):
+        analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: (p[0]["W"], 3))
+    with pytest.raises(ValueError, match="must return leaves of params.*got nothing"):
+        analysis.hessian(M.loss_fn, params, x, y, wrt=lambda p: ())
+    with pytest.raises(ValueError, match="same leaf of params twice"):
+        analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: (p[1], p[1]["b"]))
+    assert "unravel" in curvature.__all__

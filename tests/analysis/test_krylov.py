@@ -200,3 +200,53 @@ def test_validation_errors():
         analysis.lanczos(matvec, 0, 2, key=key)
     with pytest.raises(ValueError, match="tol must be positive"):
         analysis.eigsh(matvec, dim, 2, tol=0.0, key=key)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-layer operators and eigenvectors shaped like the params
+
+
+@pytest.fixture(scope="module")
+def layer1():
+    """Layer 1 of the 64-9-7-10 MLP: its restricted operator and, as the oracle, its dense block from
+    ``analysis.hessian_blocks``."""
+    params, x, y = M.small_mlp()
+    blocks = analysis.hessian_blocks(M.loss_fn, params, x, y)
+    names = ["[1]['W']", "[1]['b']"]
+    block = np.block([[np.asarray(blocks.block(a, b)) for b in names] for a in names])
+    matvec, dim = analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: p[1])
+    return params, x, y, matvec, dim, 0.5 * (block + block.T)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_eigsh_per_layer_matches_the_dense_block(layer1, which):
+    params, x, y, matvec, dim, block = layer1
+    exact = np.linalg.eigvalsh(block)
+    res = analysis.eigsh(matvec, dim, 3, which=which, tol=1e-12, key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(res.eigenvalues, wanted(exact, which, 3), rtol=0, atol=1e-10 * np.abs(exact).max())
+    # Eigenvectors shaped like the layer, checked against the flat ones and as eigenvectors of the full
+    # Hessian's block: H v (a tangent zero outside layer 1) restricted to layer 1 is lambda v.
+    trees = res.unravel(params[1])
+    assert len(trees) == 3
+    for i, tree in enumerate(trees):
+        assert jax.tree.structure(tree) == jax.tree.structure(params[1])
+        assert tree["W"].shape == (9, 7) and tree["b"].shape == (7,)
+        np.testing.assert_array_equal(M.flat(tree), res.eigenvectors[:, i])
+        tangent = [jax.tree.map(jnp.zeros_like, params[0]), tree, jax.tree.map(jnp.zeros_like, params[2])]
+        hv = analysis.hvp(M.loss_fn, params, tangent, x, y)[1]
+        for leaf in ("W", "b"):
+            np.testing.assert_allclose(hv[leaf], res.eigenvalues[i] * tree[leaf], rtol=0, atol=1e-9)
+
+
+def test_eigsh_warm_start_and_full_pytree_vectors():
+    lam = np.concatenate([np.linspace(-1.0, 1.0, 57), [3.0, 4.0, 5.0]])
+    A = M.planted(lam, 0)
+    matvec, dim = dense_operator(A)
+    top = np.linalg.eigh(A)[1][:, -1]
+    res = analysis.eigsh(matvec, dim, 1, key=jax.random.PRNGKey(0), v0=top)
+    np.testing.assert_allclose(res.eigenvalues, [5.0], atol=1e-8)
+    like = {"a": jnp.zeros((6, 5)), "b": jnp.zeros(30)}
+    (tree,) = res.unravel(like)
+    np.testing.assert_array_equal(jnp.concatenate([tree["a"].ravel(), tree["b"]]), res.eigenvectors[:, 0])
+    with pytest.raises(ValueError, match="v0 must have shape"):
+        analysis.eigsh(matvec, dim, 1, key=jax.random.PRNGKey(0), v0=top[:5])
