@@ -62,10 +62,9 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
                        for p in (params, state0.params))
 
     sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)  # the sweep: one lane per (step, seed)
-    runs = [(float(lr), int(seed)) for lr in config.learning_rates for seed in config.seeds]
-    lanes = [(s := start(seed, sgd))._replace(opt_state=optax.tree_utils.tree_set(s.opt_state, learning_rate=lr))
-             for lr, seed in runs]
-    states = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *lanes)
+    runs = [(float(lr), int(seed)) for seed in config.seeds for lr in config.learning_rates]
+    states = jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *(
+        train.lanes(start(seed, sgd), learning_rate=config.learning_rates) for seed in config.seeds))
     epoch = train.make_train_epoch(sgd, loss_fn=model.loss_fn, batch_size=config.batch_size, lanes=True)
     x, y = jnp.asarray(ds.x_train, jax.tree_util.tree_leaves(params)[0].dtype), jnp.asarray(ds.y_train)
     diverged = np.zeros(len(runs), bool)

@@ -1,18 +1,23 @@
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from experiments import mnist_mlp
-from fflab import data
+from experiments import _common, mnist_mlp
+from fflab import data, train
 
 
-def _numpy_forward(params, x):
+def _numpy_logits(params, x):
     h = np.asarray(x, np.float64)
     for layer in params[:-1]:
         h = np.maximum(h @ np.asarray(layer["W"]) + np.asarray(layer["b"]), 0.0)
     return h @ np.asarray(params[-1]["W"]) + np.asarray(params[-1]["b"])
+
+
+def _numpy_cross_entropy(params, x, y):
+    z = _numpy_logits(params, x)
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
 
 
 def _pooled_neighbour_corr(w1, shape, mask):
@@ -34,52 +39,72 @@ def _pooled_neighbour_corr(w1, shape, mask):
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
-def test_quick_config_claims(tmp_path):
-    payload = mnist_mlp.main(mnist_mlp.QUICK, tmp_path)
-    saved = json.loads((tmp_path / "mnist_mlp.json").read_text())
-    assert saved["config"]["dataset"] == "digits" and saved["config"]["batch_size"] == 100
-    for name in ("mnist_mlp", "mnist_mlp_filters", "mnist_mlp_filters_learned"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The QUICK run, with every FitResult it made kept (train.fit wrapped) for independent checks."""
+    out = tmp_path_factory.mktemp("mnist_mlp")
+    fits, fit = [], train.fit
+
+    def spy(*args, **kwargs):
+        fits.append((args, kwargs, fit(*args, **kwargs)))
+        return fits[-1][2]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "fit", spy)
+        payload = mnist_mlp.main(mnist_mlp.QUICK, out)
+    return payload, json.loads((out / "mnist_mlp.json").read_text()), fits, out
+
+
+def test_quick_config_claims(run):
+    payload, saved, fits, out = run
+    cfg = mnist_mlp.QUICK
+    for name in ("mnist_mlp", "mnist_mlp_filters"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    assert len(fits) == 2 + len(cfg.setups)  # the example, the set-ups, the overfitting run
     r = saved["results"]
     h = r["history"]
-    assert h["epoch"] == list(range(1, mnist_mlp.QUICK.epochs + 1))
-    assert r["updates_per_epoch"] == r["n_train"] // 100
-    # The step size is annealed: the last epoch runs at decay_to x the peak.
-    np.testing.assert_allclose(h["learning_rate"][-1], 0.01 * mnist_mlp.QUICK.learning_rate, rtol=1e-3)
-    assert h["learning_rate"][0] > 0.9 * mnist_mlp.QUICK.learning_rate
-
-    # Claim 1, independently: reload the saved parameters and classify the test set with numpy.
+    assert h["epoch"] == list(range(1, cfg.epochs + 1)) and r["updates_per_epoch"] == r["n_train"] // 100
+    np.testing.assert_allclose(h["learning_rate"][-1], cfg.decay_to * cfg.learning_rate, rtol=1e-3)
     ds = data.load("digits")
-    params = mnist_mlp.load_params(tmp_path / mnist_mlp.PARAMS_FILE, mnist_mlp.QUICK)
-    assert params is not None
-    err = 100 * np.mean(np.argmax(_numpy_forward(params, ds.x_test), axis=1) != ds.y_test)
-    c_err, c_filters = payload["claims"]
-    np.testing.assert_allclose(c_err["measured"], err, atol=1e-6)
-    assert c_err["holds"] == (err <= mnist_mlp.TARGETS["digits"])
-    assert c_err["holds"], c_err
+    c_err, c_w1, c_over = payload["claims"]
 
-    # Claim 2, independently: loop-based neighbour correlation of the init and of the learned part.
-    init, _ = mnist_mlp.initial_params(mnist_mlp.QUICK, ds)
+    # Claim 1: the final parameters classify the test set (numpy) with the claimed error.
+    final = fits[0][2].state.params
+    err = 100 * np.mean(np.argmax(_numpy_logits(final, ds.x_test), axis=1) != ds.y_test)
+    np.testing.assert_allclose(c_err["measured"], err, atol=1e-4)
+    # 3.3% in float32, 3.6% in float64 (one test image): the verdict sits on the 3.5% target either way.
+    assert c_err["holds"] == (err < mnist_mlp.TARGETS["digits"]) and 2.5 < err < 4.5
+    assert not _common.below(r["overfit"]["history"]["test_error"][-1], mnist_mlp.TARGETS["digits"])[0]
+
+    # Claim 2: loop-based neighbour correlation of W1 itself, at init and at the end.
     mask = ds.x_train.std(axis=0) > 0.1
-    w0, w = np.asarray(init[0]["W"]), np.asarray(params[0]["W"])
-    corr0 = _pooled_neighbour_corr(w0, (8, 8), mask)
-    learned = _pooled_neighbour_corr(w - w0, (8, 8), mask)
-    np.testing.assert_allclose(c_filters["measured"], [corr0, learned], atol=1e-6)
-    assert c_filters["holds"] == (abs(corr0) < 0.1 and learned > 0.25)
-    assert c_filters["holds"], c_filters
+    snaps = fits[0][2].snapshots
+    corr0, corr_end = (_pooled_neighbour_corr(snaps[e][0]["W"], (8, 8), mask) for e in (0, cfg.epochs))
+    np.testing.assert_allclose(c_w1["measured"], [corr0, corr_end], atol=1e-9)
+    assert c_w1["holds"] == (abs(corr0) < 0.1 and corr_end > 0.25) and c_w1["holds"]
+    # At the Glorot scale (init x1) W1 itself stays noisy on digits: the claim fails there.
+    assert r["w1_structure"]["init x1, decay 0"]["corr"][str(cfg.epochs)] < 0.25
+    with np.load(out / mnist_mlp.FILTERS_FILE) as f:  # the figure's filters: W1 itself, scaled per unit
+        w = snaps[cfg.epochs][0]["W"][:, : cfg.filter_units]
+        np.testing.assert_allclose(f["w1"][-1] / 127, w / np.abs(w).max(axis=0), atol=0.5 / 127 + 1e-9)
 
-
-def test_params_cache_matches_config_only(tmp_path):
-    ds = data.load("digits")
-    params, _ = mnist_mlp.initial_params(mnist_mlp.QUICK, ds)
-    path = mnist_mlp.save_params(tmp_path / "p.npz", params, mnist_mlp.QUICK)
-    back = mnist_mlp.load_params(path, dataclasses.replace(mnist_mlp.QUICK, data_dir="/elsewhere"))
-    for a, b in zip(params, back, strict=True):
-        np.testing.assert_array_equal(np.asarray(a["W"]), np.asarray(b["W"]))
-    assert mnist_mlp.load_params(path, dataclasses.replace(mnist_mlp.QUICK, epochs=3)) is None
-    assert mnist_mlp.load_params(tmp_path / "missing.npz", mnist_mlp.QUICK) is None
-    (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
-    assert mnist_mlp.load_params(tmp_path / "bad.npz", mnist_mlp.QUICK) is None
+    # Claim 3: the overfitting run's subset, losses recomputed with numpy from its final parameters.
+    args, kwargs, over = fits[-1]
+    x, y = args[2]
+    assert len(x) == cfg.overfit_samples and kwargs["epochs"] == cfg.overfit_epochs
+    o = r["overfit"]["history"]
+    np.testing.assert_allclose(o["train_loss"][-1], _numpy_cross_entropy(over.state.params, x, y), rtol=1e-6)
+    np.testing.assert_allclose(o["test_loss"][-1], _numpy_cross_entropy(over.state.params, ds.x_test, ds.y_test),
+                               rtol=1e-6)
+    best = int(np.argmin(o["test_loss"]))
+    ratio = o["test_loss"][-1] / o["test_loss"][best]
+    np.testing.assert_allclose(c_over["measured"], [ratio, o["train_loss"][-1], o["train_loss"][best]], rtol=1e-12)
+    # On 200 digits the test loss rises by about 20% (1.17 in float32, 1.21 in float64): the verdict sits on
+    # the threshold. The full training set (the example run) does not overfit by this measure: it fails there.
+    assert c_over["holds"] == (ratio > 1.2 and o["train_loss"][-1] < o["train_loss"][best]) and ratio > 1.1
+    full = np.asarray(h["test_loss"])
+    np.testing.assert_allclose(r["overfit"]["full_data_test_loss_rise"], full[-1] / full.min(), rtol=1e-12)
+    assert not _common.above(full[-1] / full.min(), 1.2)[0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -96,14 +121,10 @@ def test_filter_smoothness_noise_vs_smooth(seed):
                                _pooled_neighbour_corr(blobs, (8, 8), mask), atol=1e-10)
 
 
-def test_mosaic_layout_and_quantization():
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((12, 7))  # 7 filters of 3x4 on a 3x3 grid
+def test_mosaic_layout():
+    w = np.random.default_rng(0).standard_normal((12, 7))  # 7 filters of 3x4 on a 3x3 grid
     m = mnist_mlp.mosaic(w, (3, 4))
     assert m.shape == (3 * 4 - 1, 3 * 5 - 1)
     np.testing.assert_allclose(m[4:7, 5:9], (w[:, 4] / np.abs(w[:, 4]).max()).reshape(3, 4))
     assert np.isnan(m[3, :]).all() and np.isnan(m[:, 4]).all()
     assert np.isnan(m[8:, 5:]).all()  # the unused cells of the last row
-    codes, scale = mnist_mlp._quantize(w)
-    assert codes.dtype == np.uint8
-    assert np.all(np.abs(mnist_mlp._dequantize(codes, scale) - w) <= scale / 255 + 1e-7)
