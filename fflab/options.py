@@ -9,7 +9,10 @@ from __future__ import annotations
 __all__ = ["ACTIVATIONS", "DATASETS", "INIT_SCHEMES", "NORMS", "OPTIMIZERS", "SCHEDULES", "check"]
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
-INIT_SCHEMES = ("glorot_relu", "glorot", "he_forward", "he_backward", "lecun", "sparse", "orthogonal")
+INIT_SCHEMES = (
+    "glorot_relu", "glorot", "he_forward", "he_backward", "lecun", "standard_uniform", "glorot_uniform", "sparse",
+    "orthogonal",
+)
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "linear", "exponential", "step", "cosine")
 NORMS = ("batchnorm", "transform")
