@@ -34,6 +34,7 @@ __all__ = [
     "eigenvalues",
     "eigh",
     "inertia",
+    "jacobi_scaled",
     "log_spread",
     "outliers",
     "param_blocks",
@@ -346,6 +347,28 @@ def block_norms(H, sizes: Sequence[int] | ParamBlocks) -> np.ndarray:
     return np.sqrt(np.add.reduceat(rows, edges[:-1], axis=1))
 
 
+def jacobi_scaled(H, *, rtol: float = DEFAULT_RTOL) -> np.ndarray:
+    """``D^-1/2 H D^-1/2`` with ``D = |diag H|``: entries ``H_ij / sqrt(|H_ii H_jj|)``, unit diagonal.
+
+    It does not change when the parameters are rescaled one by one (``theta -> S theta`` with ``S`` diagonal
+    turns ``H`` into ``S^-1 H S^-1``): what is left is the coupling between parameters, not their units.
+    Rows and columns whose ``|H_ii|`` is at most ``rtol * max |H_ii|`` (parameters the loss does not see) are
+    set to zero.
+
+    Args:
+        H: a square matrix of shape ``(P, P)``.
+        rtol: the relative size below which a diagonal entry counts as zero.
+
+    Returns:
+        The scaled matrix, shape ``(P, P)``, float64.
+    """
+    H = _as_square(H)
+    d = np.abs(np.diag(H))
+    keep = d > rtol * d.max() if d.max() > 0 else np.zeros(d.shape, bool)
+    inv = np.where(keep, 1 / np.sqrt(np.where(keep, d, 1.0)), 0.0)
+    return H * inv[:, None] * inv[None, :]
+
+
 def diagonal_dominance(
     H, blocks: Sequence[int] | ParamBlocks | None = None, *, scaled: bool = False, rtol: float = DEFAULT_RTOL
 ) -> float:
@@ -357,28 +380,18 @@ def diagonal_dominance(
     shortcuts, vanish. That is a block-wise statement; element-wise, a dense ``P x P`` matrix has ``P^2 - P``
     off-diagonal entries against ``P`` diagonal ones, so its share sits near 1 whatever its structure.
 
-    With ``scaled``, the share is that of ``D^-1/2 H D^-1/2``, ``D = |diag H|`` (the Jacobi scaling: unit
-    diagonal, entries ``H_ij / sqrt(|H_ii H_jj|)``), which does not change when the parameters are rescaled
-    one by one (``theta -> S theta`` with ``S`` diagonal turns ``H`` into ``S^-1 H S^-1``): it measures the
-    coupling between parameters, not their units. Rows and columns whose ``|H_ii|`` is at most ``rtol *
-    max |H_ii|`` (parameters the loss does not see) are left out.
-
     Args:
         H: a square matrix of shape ``(P, P)``.
         blocks: ``None`` for the element-wise diagonal, or block sizes summing to ``P`` (or a
             :class:`ParamBlocks`), in which case "diagonal" means the diagonal blocks ``H[I_a, I_a]``.
-        scaled: take the share of the Jacobi-scaled matrix.
-        rtol: with ``scaled``, the relative size below which a diagonal entry counts as zero.
+        scaled: take the share of :func:`jacobi_scaled` ``(H)``, which does not depend on the units of the
+            parameters.
+        rtol: with ``scaled``, as in :func:`jacobi_scaled`.
 
     Returns:
         The ratio in ``[0, 1]``; ``nan`` for ``H = 0``.
     """
-    H = _as_square(H)
-    if scaled:
-        d = np.abs(np.diag(H))
-        keep = d > rtol * d.max() if d.max() > 0 else np.zeros(d.shape, bool)
-        inv = np.where(keep, 1 / np.sqrt(np.where(keep, d, 1.0)), 0.0)
-        H = H * inv[:, None] * inv[None, :]
+    H = jacobi_scaled(H, rtol=rtol) if scaled else _as_square(H)
     total = np.linalg.norm(H)
     if total == 0:
         return float("nan")

@@ -115,6 +115,8 @@ def test_scaled_diagonal_dominance_ignores_the_parameters_units(seed):
         assert spectrum.diagonal_dominance(S @ H @ S, blocks, scaled=True) == pytest.approx(share, rel=1e-10)
     d = 1 / np.sqrt(np.abs(np.diag(H)))
     C = H * d[:, None] * d[None, :]  # the Jacobi-scaled matrix by hand
+    np.testing.assert_allclose(spectrum.jacobi_scaled(H), C, rtol=1e-12)
+    np.testing.assert_allclose(spectrum.jacobi_scaled(S @ H @ S), C, rtol=1e-10, atol=1e-14)
     assert spectrum.diagonal_dominance(H, scaled=True) == pytest.approx(
         np.linalg.norm(C - np.diag(np.diag(C))) / np.linalg.norm(C), rel=1e-12)
     # Hand values: [[4, 2], [2, 1]] scales to all ones; a parameter the loss does not see is left out.
