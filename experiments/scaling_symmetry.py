@@ -246,8 +246,7 @@ def mlp_experiment(config: Config) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     tiny = tiny_experiment(config)
     net = mlp_experiment(config)
     rows = net["rows"]
@@ -339,7 +338,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     if unstable:
         notes += (f" At c = {unstable} the same lr exceeds 2 / lambda_max at the start (unstable along the "
                   f"top eigenvector); the loss rises at some step for c = {jumped} before GD settles.")
-    payload = _common.save_results(NAME, config, results, claims, out_dir, notes=notes)
+    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
