@@ -256,8 +256,8 @@ def plot(payload: dict, out_dir) -> None:
         ax.set_yticklabels(names, fontsize=7)
         ax.grid(False)
     fig.colorbar(im, ax=axes[:2], shrink=0.8, label="log10 ||block||_F of D^-1/2 H D^-1/2 (gamma: the same)")
-    measures = {"block_share_scaled": "blocks, H scaled\nby its diagonal\n(the claim)", "block_share": "blocks,\nH as is",
-                "share": "elements,\nH as is"}
+    measures = {"block_share_scaled": "blocks, H scaled\nby its diagonal\n(the claim)",
+                "block_share": "blocks,\nH as is", "share": "elements,\nH as is"}
     for i, p in enumerate(PARAMETERISATIONS):
         axes[2].bar(np.arange(3) + 0.27 * (i - 1), [h[p][k] for k in measures], 0.27, color=_COLORS[p],
                     label=_LABELS[p])
