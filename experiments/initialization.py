@@ -199,12 +199,12 @@ def _main(config: Config, out_dir) -> dict:
                                                                  ("he", he["he_forward"]["decrease"]))}
     notes = (f"Signals: mean of {config.draws} weight draws; the Gaussian schemes share their N(0, 1) draws. Glorot & "
              f"Bengio: per layer down, the gradient's variance is multiplied by {per_layer['standard']:.2f} under "
-             f"standard init (Var[W] = 1/(3n), times E[tanh'^2]), by {per_layer['normalised']:.2f} under normalised "
-             "init (only E[tanh'^2] < 1 is lost). Two margins are thin: the normalised ratio's verdict flips at a "
-             f"factor {10 ** abs(math.log10(gb_ratio['normalised'])):.3f}, not 2 (per draw: {listed['gb']}); He "
-             f"init's at a fall of {he_fall['he_forward']:.3f}, not 0.5 (per seed: {listed['he']}); the papers' "
-             "figure's last panel shows both." + (f" Fashion-MNIST (its first {n} images) stands in for MNIST."
-                                                  if "fashion" in config.dataset else ""))
+             f"standard init (1/3 from Var[W], times E[tanh'^2]) and {per_layer['normalised']:.2f} under normalised "
+             "init: their linear-regime argument keeps it at 1, but E[tanh'^2] < 1 on real inputs. Where the thinnest "
+             f"verdicts flip: the normalised ratio at a factor {10 ** abs(math.log10(gb_ratio['normalised'])):.3f}, "
+             f"not 2 (per draw: {listed['gb']}); He init at a fall of {he_fall['he_forward']:.3f}, not 0.5 (per seed: "
+             f"{listed['he']}); see the papers' figure's last panel." + (
+                 f" Fashion-MNIST (its first {n} images) stands in for MNIST." if "fashion" in config.dataset else ""))
     payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
@@ -249,7 +249,7 @@ def plot(payload: dict, out_dir) -> None:
     # The three papers, and how the two thinnest verdicts move with the threshold and over draws and seeds.
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4), gridspec_kw={"wspace": 0.3})
     for kind, g in r["glorot_bengio"].items():
-        axes[0].plot(layers[: len(g["delta_var"])], arr(g["delta_var"]), "-o",
+        axes[0].plot(np.arange(1, GB_DEPTH + 1), arr(g["delta_var"]), "-o",
                      label=f"{kind}: layer 1 / layer {len(g['delta_var'])} = {g['ratio_1_to_last']:.3g}")
     for c, (scheme, runs) in zip(("C0", "C3"), r["he_2015"].items(), strict=True):
         for i, loss in enumerate(runs["loss"]):
