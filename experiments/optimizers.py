@@ -1,32 +1,38 @@
-"""SGD, momentum, Nesterov, Adam, Adagrad and Adadelta on the example network, each with a constant and an
-annealed step size, for the same number of epochs: which of them need annealing?
-
-Every run starts from the same initial parameters and sees the same mini-batches (same seed); only the
-optimiser and its step-size schedule differ. Each optimiser has its own peak step size (config fields
-``*_lr``), a commonly used value for batch 100 [Kingma & Ba 2015; Duchi et al. 2011; Zeiler 2012]; with
-``sweep_epochs > 0`` a short run at ``sweep_factors`` times each of them checks that the choice is sensible.
-"""
+"""Mini-batch training of the example net. Annealing: six optimisers from one init on the same mini-batches, each at
+a common peak step for batch 100 (SGD and Adam also at ``tune_factors`` x it), constant and cosine-annealed: at equal
+peaks and at each schedule's best. Batch size: SGD with several batch sizes and full-batch GD at equal epochs, each at
+its best constant step (the steps as lanes); the RMS of ``g_B - g`` against ``B`` (sampling: ~ 1/sqrt(B), B << N)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 import fflab
 from experiments import _common
 from fflab import data, train
 
 NAME = "optimizers"
-DESCRIPTION = "Six optimisers (SGD ... Adadelta), constant vs annealed step, same budget: who needs annealing"
-SLIDE = "Mini-batch training: important to anneal stepsize towards the end; adaptation (Adam, Adagrad, ...)"
-PAPERS = {}
-
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "adadelta")
+DESCRIPTION = "Six optimisers, constant vs annealed step (equal peaks and tuned); mini-batch size and gradient noise"
+SLIDE = ("Mini-batch training: no need to have an accurate estimate of g; 600 updates with 100 samples per epoch; "
+         "important to anneal stepsize towards the end; adaptation of eta_k possible (Adam, Adagrad, Adadelta)")
+PAPERS = {
+    "Polyak 1964 (momentum)": "https://doi.org/10.1016/0041-5553(64)90137-5",
+    "Sutskever et al. 2013 (Nesterov momentum)": "https://proceedings.mlr.press/v28/sutskever13.html",
+    "Duchi, Hazan & Singer 2011 (Adagrad)": "https://jmlr.org/papers/v12/duchi11a.html",
+    "Zeiler 2012 (Adadelta)": "https://arxiv.org/abs/1212.5701",
+    "Kingma & Ba 2015 (Adam)": "https://arxiv.org/abs/1412.6980",
+    "Loshchilov & Hutter 2017 (cosine anneal)": "https://arxiv.org/abs/1608.03983",
+    "Bottou, Curtis & Nocedal 2018 (mini-batch variance)": "https://arxiv.org/abs/1606.04838",
+}
 ADAPTIVE = ("adam", "adagrad", "adadelta")
 
 
@@ -38,277 +44,214 @@ class Config:
     batch_size: int = 100
     epochs: int = 20
     seed: int = 0
-    schedule: str = "cosine"  # the annealed schedule; the other run of each optimiser keeps the peak step
+    optimizers: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adagrad", "adadelta")  # sgd, adam needed
+    steps: tuple[float, ...] = (0.1, 0.01, 0.01, 1e-3, 0.03, 1.0)  # peak step of each; momentum 0.9 makes
+    # momentum's effective step 0.01 / (1 - 0.9) equal SGD's 0.1; Adadelta has no step, optax scales by it
+    schedule: str = "cosine"  # the annealed schedule, to decay_to x the peak over the run
     decay_to: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    sgd_lr: float = 0.1
-    momentum_lr: float = 0.01  # with momentum 0.9 the effective step lr / (1 - 0.9) equals SGD's 0.1
-    nesterov_lr: float = 0.01
-    adam_lr: float = 1e-3
-    adagrad_lr: float = 0.03
-    adadelta_lr: float = 1.0  # Zeiler's ADADELTA has no step size; optax scales its update by this
     tune: tuple[str, ...] = ("sgd", "adam")  # these also run both schedules at tune_factors x their step
     tune_factors: tuple[float, ...] = (0.3, 3.0)
-    sweep_epochs: int = 0  # > 0: also train each optimiser (constant step) at sweep_factors x its step
-    sweep_factors: tuple[float, ...] = (0.3, 1.0, 3.0)
+    batch_sizes: tuple[int, ...] = (20, 100, 1000)  # with batch_size, against full-batch GD, at equal epochs
+    batch_steps: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
+    batch_epochs: int = 5
+    noise_sizes: tuple[int, ...] = (10, 30, 100, 300, 1000, 3000)
+    noise_draws: int = 128
 
 
-QUICK = Config(dataset="digits", hidden=(64, 36), epochs=30, sgd_lr=0.3, momentum_lr=0.03, nesterov_lr=0.03,
-               adam_lr=3e-3, adagrad_lr=0.1, tune_factors=())
-FULL = Config(sweep_epochs=3)
+QUICK = Config(dataset="digits", hidden=(64, 36), epochs=30, steps=(0.3, 0.03, 0.03, 3e-3, 0.1, 1.0),
+               tune_factors=(), batch_sizes=(10, 100), noise_sizes=(4, 8, 16, 32, 64, 128))
+FULL = Config()
 
 
-def learning_rates(config: Config) -> dict[str, float]:
-    return {name: getattr(config, f"{name}_lr") for name in OPTIMIZERS}
+def gradient_noise(loss_fn, params, x, y, sizes, draws: int, seed: int) -> dict[int, float]:
+    """RMS over ``draws`` mini-batches (drawn without replacement) of ``||g_B - g||``, per batch size ``B``.
+
+    ``g`` is the gradient of ``loss_fn(params, x, y)`` on all of ``(x, y)``, ``g_B`` on a mini-batch of ``B``.
+    Returns ``{B: RMS}``, with ``||g||`` under ``"full"``.
+    """
+    rng, x, y = np.random.default_rng(seed), jnp.asarray(x), jnp.asarray(y)
+    batches = {int(b): np.stack([rng.choice(len(x), b, replace=False) for _ in range(draws)]) for b in sizes}
+    out = {b: [float(v) for v in _rms_distance(loss_fn, params, x, y, idx)] for b, idx in batches.items()}
+    return {"full": next(iter(out.values()))[1], **{b: rms for b, (rms, _) in out.items()}}
 
 
-def _run(config: Config, ds: data.Dataset, name: str, lr: float, schedule: str, epochs: int) -> dict:
-    """One training run; ``{"history", "diverged"}`` (a diverged run keeps no history)."""
-    model = fflab.classifier("relu")
-    key_init, key_data = jax.random.split(jax.random.key(config.seed))
-    params, _ = model.init(key_init, [ds.x_train.shape[1], *config.hidden, ds.num_classes])
-    steps = epochs * (ds.x_train.shape[0] // config.batch_size)
-    opt = train.make_optimizer(name, lr, schedule=schedule, total_steps=steps, decay_to=config.decay_to,
-                               momentum=config.momentum, weight_decay=config.weight_decay)
-    state = train.init_state(params, opt, key_data)
-    try:
-        fit = train.fit(state, opt, (ds.x_train, ds.y_train), loss_fn=model.loss_fn, metrics_fn=model.metrics_fn,
-                        epochs=epochs, batch_size=config.batch_size, test=(ds.x_test, ds.y_test),
-                        progress=sys.stderr.isatty())
-    except train.NonFiniteLossError as err:
-        return {"history": {}, "diverged": True, "diverged_epoch": err.epoch}
-    return {"history": fit.history, "diverged": False}
-
-
-def _final(run: dict, metric: str) -> float:
-    h = run["history"]
-    return h[metric][-1] if h else float("nan")
-
-
-def _best(runs: dict, name: str, schedule: str) -> dict:
-    """The run of ``name`` with ``schedule`` (main or grid) that ends with the lowest training loss."""
-    mine = [r for r in runs.values() if r["optimizer"] == name and r["schedule"] == schedule]
-    best = min(mine, key=lambda r: _final(r, "train_loss") if not r["diverged"] else math.inf)
-    return {"learning_rate": best["learning_rate"], "train_loss": _final(best, "train_loss"),
-            "test_error": _final(best, "test_error")}
+@functools.partial(jax.jit, static_argnums=0)
+def _rms_distance(loss_fn, params, x, y, batches):
+    """RMS of ``||g_B - g||`` over the rows of ``batches`` (one at a time: ``lax.map``), and ``||g||``."""
+    grad = jax.grad(loss_fn)
+    full = grad(params, x, y)
+    squares = jax.lax.map(lambda i: optax.tree.norm(optax.tree.sub(grad(params, x[i], y[i]), full)) ** 2, batches)
+    return jnp.sqrt(jnp.mean(squares)), optax.tree.norm(full)
 
 
 def main(config: Config = QUICK, out_dir=None) -> dict:
     out_dir = Path(out_dir or _common.default_out(config == QUICK))
     ds = data.load(config.dataset, data_dir=config.data_dir)
-    lrs = learning_rates(config)
-    runs = {}
-    for name in OPTIMIZERS:
-        factors = (1.0, *config.tune_factors) if name in config.tune else (1.0,)
-        for factor in factors:
+    x, y, test = ds.x_train, ds.y_train, (ds.x_test, ds.y_test)
+    model = fflab.classifier("relu")
+    key_init, key_data = jax.random.split(jax.random.key(config.seed))
+    params0, _ = model.init(key_init, [x.shape[1], *config.hidden, ds.num_classes])
+    per_epoch = len(x) // config.batch_size
+
+    # Annealing: every optimiser at its step (and tuned ones at tune_factors x it), constant and annealed.
+    runs, trained = {}, None
+    for name, step in zip(config.optimizers, config.steps, strict=True):
+        for factor in (1.0, *config.tune_factors) if name in config.tune else (1.0,):
             for schedule in ("constant", config.schedule):
-                key = f"{name}/{schedule}" + ("" if factor == 1.0 else f"@{lrs[name] * factor:g}")
-                runs[key] = {"optimizer": name, "schedule": schedule, "learning_rate": lrs[name] * factor,
-                             "grid": factor != 1.0,
-                             **_run(config, ds, name, lrs[name] * factor, schedule, config.epochs)}
-    sweep = {}
-    if config.sweep_epochs > 0:
-        for name in OPTIMIZERS:
-            sweep[name] = []
-            for factor in config.sweep_factors:
-                r = _run(config, ds, name, lrs[name] * factor, "constant", config.sweep_epochs)
-                sweep[name].append({"factor": factor, "learning_rate": lrs[name] * factor,
-                                    "train_loss": _final(r, "train_loss"),
-                                    "test_error": _final(r, "test_error")})
+                opt = train.make_optimizer(name, step * factor, schedule=schedule, decay_to=config.decay_to,
+                                           total_steps=config.epochs * per_epoch, momentum=config.momentum)
+                try:
+                    fit = train.fit(train.init_state(params0, opt, key_data), opt, (x, y), loss_fn=model.loss_fn,
+                                    metrics_fn=model.metrics_fn, epochs=config.epochs, batch_size=config.batch_size,
+                                    test=test, progress=sys.stderr.isatty())
+                    run = {"history": fit.history, "diverged": False}
+                    trained = fit.state.params if (name, factor, schedule) == ("sgd", 1.0, "constant") else trained
+                except train.NonFiniteLossError as err:
+                    run = {"history": {}, "diverged": True, "diverged_epoch": err.epoch}
+                runs[f"{name}/{schedule}@{step * factor:g}"] = {"optimizer": name, "schedule": schedule,
+                                                               "learning_rate": step * factor, "factor": factor, **run}
 
-    summary = {
-        name: {
-            label: {"train_loss": _final(runs[f"{name}/{s}"], "train_loss"),
-                    "test_error": _final(runs[f"{name}/{s}"], "test_error"),
-                    "best_test_error": min(runs[f"{name}/{s}"]["history"].get("test_error", [math.nan]))}
-            for label, s in (("constant", "constant"), ("annealed", config.schedule))
+    def final(run, metric):
+        return run["history"][metric][-1] if run["history"] else math.inf
+
+    def compare(constant, annealed):  # constant / annealed final train loss; test-error points annealing saves
+        return {"steps": [constant["learning_rate"], annealed["learning_rate"]],
+                "train_loss_ratio": final(constant, "train_loss") / final(annealed, "train_loss"),
+                "test_error_saved": final(constant, "test_error") - final(annealed, "test_error")}
+
+    annealing = {}
+    for name in config.optimizers:
+        mine = {s: [r for r in runs.values() if r["optimizer"] == name and r["schedule"] == s]
+                for s in ("constant", config.schedule)}
+        annealing[name] = {
+            "equal_peak": [compare(c, a) for c, a in zip(mine["constant"], mine[config.schedule], strict=True)],
+            "tuned": compare(*(min(mine[s], key=lambda r: final(r, "train_loss")) for s in mine)),
         }
-        for name in OPTIMIZERS
-    }
-    gain = {  # how much annealing lowers the final training loss at the chosen step: constant / annealed
-        name: summary[name]["constant"]["train_loss"] / summary[name]["annealed"]["train_loss"]
-        for name in OPTIMIZERS
-    }
-    test_gain = {  # percentage points of test error that annealing saves at the chosen step
-        name: summary[name]["constant"]["test_error"] - summary[name]["annealed"]["test_error"]
-        for name in OPTIMIZERS
-    }
-    # Fair comparison for the tuned optimisers: each schedule at its own best step size of the grid.
-    tuned = {name: {label: _best(runs, name, s) for label, s in (("constant", "constant"),
-                                                                  ("annealed", config.schedule))}
-             for name in OPTIMIZERS if name in config.tune}
-    for name in ("sgd", "adam"):
-        tuned.setdefault(name, {"constant": _best(runs, name, "constant"),
-                                "annealed": _best(runs, name, config.schedule)})
+        annealing[name]["chosen"] = annealing[name]["equal_peak"][0]  # at the chosen step (factor 1)
 
-    def tuned_gain(name):
-        t = tuned[name]
-        return {"train_loss_ratio": t["constant"]["train_loss"] / t["annealed"]["train_loss"],
-                "test_error_saved": t["constant"]["test_error"] - t["annealed"]["test_error"],
-                "steps": [t["constant"]["learning_rate"], t["annealed"]["learning_rate"]]}
+    # Mini-batches: SGD at a constant step, every step of the grid as one lane, per batch size and full batch.
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
+    by_batch = {}
+    for b in (*config.batch_sizes, len(x)):
+        states = train.lanes(train.init_state(params0, sgd, key_data), learning_rate=config.batch_steps)
+        epoch = train.make_train_epoch(sgd, loss_fn=model.loss_fn, batch_size=b, lanes=True)
+        for _ in range(config.batch_epochs):
+            states, _ = epoch(states, x, y)
+        losses = [train.evaluate(model.metrics_fn, train.lane(states, i).params, x, y)["loss"]
+                  for i in range(len(config.batch_steps))]
+        by_batch[b] = {"updates": config.batch_epochs * (len(x) // b), "train_loss": losses,
+                       "best": float(np.nanmin(losses)), "best_step": config.batch_steps[int(np.nanargmin(losses))]}
+    noise = {point: gradient_noise(model.loss_fn, p, x, y, config.noise_sizes, config.noise_draws, config.seed)
+             for point, p in (("init", params0), ("trained", trained))}
+    slope = {point: float(np.polyfit(np.log(config.noise_sizes), np.log([n[b] for b in config.noise_sizes]), 1)[0])
+             for point, n in noise.items()}
+    gd_over_100 = by_batch[len(x)]["best"] / by_batch[config.batch_size]["best"]
 
-    g_sgd, g_adam = tuned_gain("sgd"), tuned_gain("adam")
+    sgd_a, adam_a = annealing["sgd"], annealing["adam"]
+    gain = {name: annealing[name]["chosen"]["train_loss_ratio"] for name in config.optimizers}
+    peak_holds, peak_margin = _common.above(min(c["train_loss_ratio"] for c in sgd_a["equal_peak"]), 1.0)
+    tuned_holds, tuned_margin = _common.both(_common.above(sgd_a["tuned"]["train_loss_ratio"], 1.0),
+                                             _common.above(sgd_a["tuned"]["test_error_saved"], 0.0))
+    adam_holds, adam_margin = _common.both(_common.above(adam_a["tuned"]["train_loss_ratio"], 1.0),
+                                           _common.above(adam_a["tuned"]["test_error_saved"], 0.0))
+    adaptive = [n for n in ADAPTIVE if n in gain]
+    adapt_holds, adapt_margin = _common.both(*(_common.below(gain[n], gain["sgd"]) for n in adaptive))
+    batch_holds, batch_margin = _common.above(gd_over_100, 1.0)
+    noise_holds, noise_margin = _common.both(*(v for s in slope.values()
+                                               for v in (_common.above(s, -0.6), _common.below(s, -0.4))))
     claims = [
-        _common.claim(
-            "important to anneal the step size towards the end (SGD): annealing lowers the final train "
-            "loss (constant / annealed > 1) and test error (points saved >= 0), each schedule at its best "
-            "step",
-            g_sgd, g_sgd["train_loss_ratio"] > 1.0 and g_sgd["test_error_saved"] >= 0.0),
-        _common.claim(
-            "Adam adapts its steps but still gains from annealing: lower final train loss (constant / "
-            "annealed > 1) and test error (points saved >= 0), each schedule at its best step",
-            g_adam, g_adam["train_loss_ratio"] > 1.0 and g_adam["test_error_saved"] >= 0.0),
-        _common.claim(
-            "adaptive step sizes (Adam, Adagrad, Adadelta) replace annealing: each gains less from annealing "
-            "than SGD (train loss constant / annealed, at the chosen steps)",
-            {name: gain[name] for name in ("sgd", *ADAPTIVE)},
-            all(gain[name] < gain["sgd"] for name in ADAPTIVE)),
+        _common.claim("important to anneal the step size towards the end (SGD), at equal peak steps: annealing "
+                      "lowers the final train loss at every peak step tried (smallest constant / annealed > 1)",
+                      [c["train_loss_ratio"] for c in sgd_a["equal_peak"]], peak_holds, margin=peak_margin),
+        _common.claim("important to anneal (SGD), each schedule at its own best step: annealing lowers the final "
+                      "train loss (constant / annealed > 1) and the test error (points saved > 0)",
+                      sgd_a["tuned"], tuned_holds, margin=tuned_margin),
+        _common.claim("Adam adapts its steps but still gains from annealing, each schedule at its own best step: "
+                      "lower final train loss (constant / annealed > 1) and test error (points saved > 0)",
+                      adam_a["tuned"], adam_holds, margin=adam_margin),
+        _common.claim("adaptive step sizes (Adam, Adagrad, Adadelta) replace annealing: each gains less from "
+                      "annealing than SGD (train loss constant / annealed, at the chosen steps)",
+                      {n: gain[n] for n in ("sgd", *adaptive)}, adapt_holds, margin=adapt_margin),
+        _common.claim(f"no need for an accurate gradient: in {config.batch_epochs} epochs, batches of 100 reach a "
+                      "lower training loss than full-batch GD, each at its best step (GD / batch 100 > 1)",
+                      gd_over_100, batch_holds, margin=batch_margin),
+        _common.claim("mini-batch gradient noise falls like 1/sqrt(batch): log-log slope of the RMS distance "
+                      "||g_B - g|| against B in [-0.6, -0.4], at init and after training", slope, noise_holds,
+                      margin=noise_margin),
     ]
-    results = {
-        "learning_rates": lrs,
-        "runs": runs,
-        "summary": summary,
-        "tuned": tuned,
-        "annealing_gain_train_loss": gain,
-        "annealing_gain_test_error": test_gain,
-        "sweep": sweep,
-        "updates_per_epoch": ds.x_train.shape[0] // config.batch_size,
-    }
-    diverged = [k for k, r in runs.items() if r["diverged"]]
+    results = {"runs": runs, "annealing": annealing, "annealing_gain_train_loss": gain, "updates_per_epoch": per_epoch,
+               "by_batch": by_batch, "gd_over_batch100": gd_over_100, "gradient_noise": noise, "noise_slope": slope}
     notes = (
         f"Data set: {config.dataset}"
         + (" (Fashion-MNIST stands in for MNIST, which cannot be downloaded here)" if config.dataset ==
            "fashion-mnist" else "")
-        + f". Network {ds.x_train.shape[1]}-{'-'.join(map(str, config.hidden))}-{ds.num_classes} relu, batch "
-        f"{config.batch_size}, {config.epochs} epochs for every run, same init and mini-batches. Peak step "
-        f"sizes: {', '.join(f'{k} {v:g}' for k, v in lrs.items())} (momentum {config.momentum}); annealed = "
-        f"{config.schedule} decay to {config.decay_to:g}x the peak over the run, per step."
-        + (f" {', '.join(config.tune)} were also run at {', '.join(f'{f:g}' for f in config.tune_factors)}x "
-           "their step with both schedules; the first two claims compare each schedule at its best step."
-           if config.tune and config.tune_factors else "")
+        + f". Network {x.shape[1]}-{'-'.join(map(str, config.hidden))}-{ds.num_classes} relu, batch "
+        f"{config.batch_size}, {config.epochs} epochs for every run, same init and mini-batches; annealed = "
+        f"{config.schedule} decay to {config.decay_to:g}x the peak. Annealing, constant / annealed final train loss "
+        "at equal peak steps: " + "; ".join(
+            f"{n} " + ", ".join(f"{c['steps'][0]:g}: {c['train_loss_ratio']:.2f}" for c in a["equal_peak"])
+            + (f" (tuned: constant {a['tuned']['steps'][0]:g} vs annealed {a['tuned']['steps'][1]:g}: "
+               f"{a['tuned']['train_loss_ratio']:.2f})" if len(a["equal_peak"]) > 1 else "")
+            for n, a in annealing.items())
+        + f". Mini-batches: SGD, constant step, best of {list(config.batch_steps)} per batch size, "
+        f"{config.batch_epochs} epochs; best final train loss " + ", ".join(
+            f"batch {b}: {v['best']:.3f} ({v['updates']} updates)" for b, v in by_batch.items())
+        + f". Gradient noise: {config.noise_draws} mini-batches per size; relative noise at batch "
+        f"{config.noise_sizes[2]}: " + ", ".join(
+            f"{p} {noise[p][config.noise_sizes[2]] / noise[p]['full']:.2f} x ||g||" for p in noise) + "."
+        + "".join(f" Diverged (non-finite loss): {k}." for k, r in runs.items() if r["diverged"])
     )
-    if diverged:
-        notes += f" Diverged (non-finite loss): {', '.join(diverged)}."
-    notes += _explain(claims, gain, g_sgd, g_adam)
     payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
 
-def _explain(claims, gain: dict, g_sgd: dict, g_adam: dict) -> str:
-    """Why a claim failed, from the numbers (the gallery prints this under the experiment)."""
-    out = []
-    for c, g, who in ((claims[0], g_sgd, "SGD"), (claims[1], g_adam, "Adam")):
-        if c["holds"]:
-            continue
-        if g["train_loss_ratio"] <= 1.0:
-            out.append(
-                f"{who}: the constant step ended with the lower train loss "
-                f"(ratio {g['train_loss_ratio']:.2f}): within this budget it had not reached the noise floor "
-                "where annealing pays, so annealing only cut training short (on a data set the net fits "
-                "exactly, like the 8x8 digits, the mini-batch noise vanishes with the loss: there is no "
-                "floor).")
-        if g["test_error_saved"] < 0:
-            out.append(f"{who}: annealing cost {-g['test_error_saved']:.2f} points of test error.")
-    if not claims[2]["holds"]:
-        more = [n for n in ADAPTIVE if gain[n] >= gain["sgd"]]
-        out.append(
-            f"Adaptive methods: {', '.join(more)} gained at least as much from annealing as SGD "
-            f"({', '.join(f'{n} {gain[n]:.2f}' for n in ('sgd', *ADAPTIVE))}); a per-parameter step scale "
-            "does not remove the mini-batch noise of a constant step.")
-        if gain["adagrad"] < 1.0:
-            out.append("Adagrad did better without annealing: its steps shrink by themselves as squared "
-                       "gradients accumulate.")
-    return (" Claims that failed: " + " ".join(out)) if out else ""
-
-
 def plot(payload: dict, out_dir) -> None:
-    from matplotlib import ticker
-
     plt = _common.style()
-    r = payload["results"]
-    cfg = payload["config"]
-    colors = {name: f"C{i}" for i, name in enumerate(OPTIMIZERS)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    for run in r["runs"].values():
-        h = run["history"]
-        if not h or run["grid"]:
-            continue
-        style = "--" if run["schedule"] == "constant" else "-"
-        label = f"{run['optimizer']} ({run['learning_rate']:g})" if run["schedule"] != "constant" else None
-        for ax, metric in zip(axes, ("train_loss", "test_error"), strict=True):
-            ax.plot(h["epoch"], h[metric], ls=style, color=colors[run["optimizer"]], label=label, lw=1.4)
-    axes[0].set_yscale("log")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    axes[0].set(title="training loss", ylabel="cross-entropy (whole training set)")
-    axes[1].set(title="test error", ylabel="error (%)")
-    axes[0].plot([], [], color="gray", ls="-", label=f"annealed ({cfg['schedule']})")
-    axes[0].plot([], [], color="gray", ls="--", label="constant step")
-    axes[0].legend(ncol=2, fontsize=8)
-    fig.suptitle(f"same budget ({cfg['epochs']} epochs, {r['updates_per_epoch']} updates each) on "
-                 f"{cfg['dataset']}: peak step size in brackets")
+    r, cfg = payload["results"], payload["config"]
+    names = list(r["annealing"])
+    fig, axes = plt.subplots(2, math.ceil(len(names) / 2), figsize=(4 * math.ceil(len(names) / 2), 6.5),
+                             sharex=True, sharey=True, layout="constrained", squeeze=False)
+    for ax, name in zip(axes.T.flat, names, strict=False):
+        for run in r["runs"].values():
+            if run["optimizer"] == name and run["factor"] == 1.0 and run["history"]:
+                ax.plot(run["history"]["eval_epoch"], run["history"]["train_loss"],
+                        ls="--" if run["schedule"] == "constant" else "-", label=run["schedule"],
+                        color="C0" if run["schedule"] == "constant" else "C3")
+        ax.set(title=f"{name} ({r['annealing'][name]['chosen']['steps'][0]:g}): "
+               f"x{r['annealing_gain_train_loss'][name]:.2f}", yscale="log")
+    axes[0, 0].legend()
+    fig.supxlabel("epoch")
+    fig.supylabel("training loss (whole training set)")
+    fig.suptitle(f"constant vs annealed step, same budget ({cfg['epochs']} epochs of {r['updates_per_epoch']} "
+                 "updates); x = constant / annealed final loss (> 1: annealing helps)")
     _common.savefig(fig, out_dir, NAME)
 
-    s = r["summary"]
-    names = [n for n in OPTIMIZERS if n in s]
-    x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for ax, metric, title in zip(axes, ("train_loss", "test_error"),
-                                 ("final training loss", "final test error (%)"), strict=True):
-        for j, (schedule, hatch) in enumerate((("constant", "//"), ("annealed", ""))):
-            vals = [s[n][schedule][metric] for n in names]
-            ax.bar(x + (j - 0.5) * 0.38, vals, width=0.38, label=schedule, hatch=hatch,
-                   color=[colors[n] for n in names], alpha=0.55 if schedule == "constant" else 0.95,
-                   edgecolor="k", lw=0.6)
-        ax.set_xticks(x, names)
-        ax.set_title(title)
-        if metric == "train_loss":
-            ax.set_yscale("log")
-            for xi, n in zip(x, names, strict=True):
-                g = r["annealing_gain_train_loss"][n]
-                top = max(s[n]["constant"][metric], s[n]["annealed"][metric])
-                ax.annotate(f"x{g:.1f}", (xi, top), ha="center", va="bottom", fontsize=8,
-                            xytext=(0, 2), textcoords="offset points")
-        else:
-            lo = min(min(s[n][k][metric] for k in ("constant", "annealed")) for n in names)
-            hi = max(max(s[n][k][metric] for k in ("constant", "annealed")) for n in names)
-            ax.set_ylim(max(0.0, lo - 0.3 * (hi - lo + 0.5)), hi + 0.15 * (hi - lo + 0.5))
-        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc="w", ec="k", hatch="//", label="constant"),
-                           plt.Rectangle((0, 0), 1, 1, fc="gray", ec="k", label="annealed")], fontsize=8)
-    fig.suptitle("which optimisers need annealing? (x = constant / annealed final train loss)")
-    _common.savefig(fig, out_dir, f"{NAME}_annealing")
-
-    grid = [run for run in r["runs"].values() if run["grid"]]
-    panels = [p for p, present in (("sweep", bool(r["sweep"])), ("grid", bool(grid))) if present]
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.0), layout="constrained",
-                             squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=True):
-        if panel == "sweep":
-            for name, rows in r["sweep"].items():
-                ax.plot([row["factor"] for row in rows], [row["train_loss"] for row in rows], marker="o",
-                        color=colors[name], label=f"{name} ({r['learning_rates'][name]:g})")
-            ax.set(title=f"step-size check: {cfg['sweep_epochs']} epochs, constant step",
-                   xlabel="step size / chosen step size (in brackets)", ylabel="final training loss")
-        else:
-            for name in cfg["tune"]:
-                for schedule, ls in (("constant", "--"), (cfg["schedule"], "-")):
-                    mine = sorted((run["learning_rate"], run["history"]["train_loss"][-1])
-                                  for run in r["runs"].values() if run["history"]
-                                  and run["optimizer"] == name and run["schedule"] == schedule)
-                    ax.plot([m[0] / r["learning_rates"][name] for m in mine], [m[1] for m in mine], ls=ls,
-                            marker="o", color=colors[name], label=f"{name}, {schedule}")
-            ax.set(title=f"constant vs annealed over step sizes, {cfg['epochs']} epochs",
-                   xlabel="step size / chosen step size", ylabel="final training loss")
-        ax.set_xscale("log")
-        factors = sorted({round(f, 6) for f in (1.0, *cfg["sweep_factors"], *cfg["tune_factors"])})
-        ax.set_xticks(factors, [f"{f:g}x" for f in factors])
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.set_yscale("log")
-        ax.legend(fontsize=8, handlelength=3)
+    tuned = [n for n in cfg["tune"] if n in names and len(r["annealing"][n]["equal_peak"]) > 1]
+    fig, axes = plt.subplots(1, len(tuned) + 2, figsize=(4.6 * (len(tuned) + 2), 4), layout="constrained")
+    for ax, name in zip(axes, tuned, strict=False):
+        for schedule, ls in (("constant", "--"), (cfg["schedule"], "-")):
+            pts = sorted((run["learning_rate"], run["history"]["train_loss"][-1]) for run in r["runs"].values()
+                         if run["optimizer"] == name and run["schedule"] == schedule and run["history"])
+            ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", label=schedule)
+        ax.set(title=f"{name}: equal peaks vs each one's best", xlabel="peak step", ylabel="final training loss",
+               xscale="log", yscale="log")
+        ax.legend()
+    for b, v in r["by_batch"].items():
+        axes[-2].plot(cfg["batch_steps"], v["train_loss"], marker="o", label=f"batch {b} ({v['updates']} updates)")
+    axes[-2].set(title=f"SGD, {cfg['batch_epochs']} epochs: final loss vs step", xlabel="step size (constant)",
+                 ylabel="final training loss", xscale="log", yscale="log")
+    axes[-2].legend(fontsize=8)
+    ax, sizes = axes[-1], np.array(cfg["noise_sizes"])
+    for point, n in r["gradient_noise"].items():
+        rel = np.array([n[str(b)] for b in sizes]) / n["full"]
+        ax.plot(sizes, rel, marker="o", label=f"{point}: slope {r['noise_slope'][point]:.2f}")
+        ax.plot(sizes, rel[0] * np.sqrt(sizes[0] / sizes), color="gray", ls=":", lw=1)
+    ax.set(title="mini-batch gradient noise (dotted: 1/sqrt(B))", xlabel="batch size B", xscale="log",
+           ylabel="RMS ||g_B - g|| / ||g||", yscale="log")
+    ax.legend()
+    fig.suptitle("annealing at equal peak steps and at each schedule's best; mini-batches against full-batch GD")
     _common.savefig(fig, out_dir, f"{NAME}_steps")
 
 
