@@ -149,7 +149,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
 
     h = fit.history
     final_test, target = h["test_error"][-1], TARGETS.get(config.dataset, 10.0)
-    units = w1[0].shape[1] if config.filter_units <= 0 else min(config.filter_units, w1[0].shape[1])
+    units = min(config.filter_units, w1[0].shape[1])
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = np.stack([w[:, :units] / np.abs(w[:, :units]).max(axis=0) for w in w1.values()])
     np.savez_compressed(out_dir / FILTERS_FILE, epochs=np.array(list(w1)), image_shape=np.array(image_shape),

@@ -106,7 +106,7 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     }
     notes = (
         f"Network: {'-'.join(map(str, sizes))} relu on {config.dataset}, SGD from {config.learning_rate}, cosine "
-        f"anneal to 1% over {config.epochs} epochs (mnist_mlp's set-up, trained here); histogram on test data. "
+        f"anneal to 1% over {config.epochs} epochs, Glorot-relu init (trained here); histogram on test data. "
         f"Sweep: plain SGD, constant step, batch {config.batch_size}, {config.sweep_epochs} epoch(s), seeds "
         f"{list(config.seeds)}; diverged runs (marked x) are left out of the dead counts. Mean activity per layer "
         f"{np.round(mean_freq, 3).tolist()} (at init {np.round(results['mean_frequency_init'], 3).tolist()})"
