@@ -85,11 +85,11 @@ def rescale(params, c: float, layer: int):
 
 def main(config: Config, out_dir) -> dict:
     # ---- the tiny model: gradients, and GD and Newton paths from (c w1, w2 / c)
-    dtype = jnp.zeros(()).dtype
-    w, doubled = (jnp.asarray(config.tiny_start, dtype) * jnp.asarray(f, dtype) for f in ([1.0, 1.0], [2.0, 0.5]))
-    grad_ratio = np.asarray(jax.grad(tiny_loss)(doubled) / jax.grad(tiny_loss)(w))  # (dC/dw1, dC/dw2): 1/2 and 2
-    loss2 = [float(tiny_loss(w)), float(tiny_loss(doubled))]
-    starts = w * jnp.asarray([[c, 1 / c] for c in config.scales], dtype)
+    dtype, w = jnp.zeros(()).dtype, np.asarray(config.tiny_start)
+    loss2, (g, g2) = map(np.asarray, _common.small_jit(jax.vmap(jax.value_and_grad(tiny_loss)))(
+        jnp.asarray([w, w * [2.0, 0.5]], dtype)))  # at (w1, w2) and (2 w1, w2 / 2)
+    grad_ratio = g2 / g  # (dC/dw1, dC/dw2): 1/2 and 2
+    starts = jnp.asarray(w * np.array([[c, 1 / c] for c in config.scales]), dtype)
     gd, newton = (np.asarray(p) for p in tiny_paths(starts, config.tiny_lr, steps=config.tiny_steps))
     gd_y, newton_y = gd.prod(axis=-1), newton.prod(axis=-1)  # the outputs y = w1 w2: the function
 
@@ -99,7 +99,7 @@ def main(config: Config, out_dir) -> dict:
     x, y = jnp.asarray(ds.x_train, dtype), jnp.asarray(ds.y_train)
     model, lay, ref = fflab.classifier("relu"), config.layer, config.mlp_scales.index(1.0)
     sizes = [config.dim, *config.hidden, config.num_classes]
-    params, _ = model.init(jax.random.PRNGKey(config.seed), sizes, dtype=dtype)
+    params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.PRNGKey(config.seed), sizes, dtype=dtype)[0])
     logits, grad = jax.jit(lambda p: model.apply(p, None, x)[0]), jax.jit(jax.grad(model.loss_fn))
     blocks = spectrum.param_blocks(params)
     w_this, w_next = (blocks.names.index(f"[{i}]['W']") for i in (lay, lay + 1))
@@ -108,7 +108,7 @@ def main(config: Config, out_dir) -> dict:
     rows, scaled = [], [rescale(params, c, lay) for c in config.mlp_scales]
     for c, p_c in zip(config.mlp_scales, scaled, strict=True):
         g_c, H_c = grad(p_c, x, y), np.asarray(analysis.hessian(model.loss_fn, p_c, x, y), np.float64)
-        a = _common.host_flat(rescale(jax.tree_util.tree_map(jnp.ones_like, params), c, lay))  # the diagonal of A
+        a = _common.host_flat(rescale(jax.tree_util.tree_map(np.ones_like, params), c, lay))  # the diagonal of A
         lam, norms = np.linalg.eigvalsh(H_c), spectrum.block_norms(H_c, blocks)
         rows.append({"c": c, "output_diff": float(np.max(np.abs(np.asarray(logits(p_c) - logits(params))))),
                      "grad_err": float(np.linalg.norm(a * _common.host_flat(g_c) - flat_g0) / np.linalg.norm(flat_g0)),
