@@ -228,8 +228,8 @@ def plot(payload: dict, out_dir) -> None:
         ax.set(xlim=extent[:2], ylim=extent[2:], xlabel="w", ylabel="b")
     for label, color in zip(CLIPS, ("red", "white"), strict=True):
         path = np.asarray(c["paths"][label])
-        surface.plot(*path.T, "-", color=color, lw=1.2, label=f"{label}: max step {r['max_step'][label]:.3g}, "
-                     f"ends ({path[-1, 0]:.1f}, {path[-1, 1]:.1f}), loss {c['path_loss'][label][-1]:.1e}")
+        surface.plot(*path.T, "-", color=color, lw=1.2, label=f"{label}: largest step {r['max_step'][label]:.3g}, "
+                     f"final loss {c['path_loss'][label][-1]:.1e}")
     surface.plot(*config["start"], "k*", ms=12, label="start")
     surface.set_title(f"(sigmoid(x_50) - 0.7)^2 and descent paths (lr {config['lr']:g}, clip {config['clip']:g})")
     surface.legend(loc="lower left", fontsize=7, facecolor="0.8")
