@@ -86,8 +86,7 @@ def evaluate(config: Config, ds: data.Dataset, net: str, key) -> dict:
 
 
 def plane_stats(ticks: np.ndarray, Z: np.ndarray, radius: float) -> dict:
-    """How far the centre lies below every other grid point (relative), the mean rise at ``radius``, and the
-    smallest over the largest eigenvalue of the central-difference 2-D Hessian within ``radius`` (> 0: convex)."""
+    """The centre's relative gap below all other points, the mean rise at ``radius``, min / max 2-D curvature within."""
     h, c = float(ticks[1] - ticks[0]), ticks.size // 2
     dist = np.hypot(*np.meshgrid(ticks, ticks, indexing="xy"))
     zxx = (Z[1:-1, 2:] - 2 * Z[1:-1, 1:-1] + Z[1:-1, :-2]) / h**2
@@ -130,11 +129,12 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     notes = (
         f"Ours: {config.dataset} (for MNIST), {list(config.hidden)} relu units, {config.epochs} epochs of SGD with "
         f"momentum, plain against batch norm; losses on {config.eval_samples} fixed training and test images; "
-        f"{config.planes} planes of {config.grid}^2 points per network. Goodfellow et al. interpolated fully trained "
-        "MNIST and CIFAR-10 nets; Li et al. compare CIFAR-10 ResNets and VGG nets trained with small and large "
-        "batches, one plane each. Our nets differ by batch norm and have close test errors after a few epochs; the "
-        "figure gives the rise on every plane. In eval mode the BN net is not scale-free in its weights, so filter "
-        "normalisation does not make the two slices fully comparable."
+        f"{config.planes} planes of {config.grid}^2 points per net. Goodfellow et al. interpolated fully trained MNIST "
+        "and CIFAR-10 nets; Li et al. compare CIFAR-10 ResNets and VGG nets trained with small and large batches, one "
+        "plane each. Our nets differ by batch norm, with close test errors. The titles give each plane's rise and the "
+        "centre's gap to the lowest other grid point (negative: a nearby point lies lower): verdicts move with the "
+        "plane drawn. In eval mode BN's weights are not scale-free: filter normalisation does not make the slices "
+        "fully comparable."
     )
     payload = _common.save(NAME, config, {"nets": per}, make_claims(config, per), out_dir, notes=notes)
     plot(payload, out_dir)
@@ -157,11 +157,11 @@ def plot(payload: dict, out_dir) -> None:
     zs = {net: np.asarray(r["planes"][0]) for net, r in per.items()}
     levels = np.geomspace(min(map(np.min, zs.values())), max(map(np.max, zs.values())), 25)  # shared by both
     for ax, (net, r) in zip(axes, per.items(), strict=True):
-        plots.plane(*np.meshgrid(r["ticks"], r["ticks"], indexing="xy"), zs[net], ax=ax, levels=levels,
-                    label="training cross-entropy")
-        ax.set_title(f"{LABELS[net]}: test error {r['test_error']:.2f}%, plane 1 of {len(r['planes'])}\nloss rise at "
-                     f"radius {payload['config']['radius']:g}, plane by plane: "
-                     + ", ".join(f"{v:.3g}" for v in r["rise_at_radius"]), fontsize=10)
+        plots.plane(*np.meshgrid(r["ticks"], r["ticks"]), zs[net], ax=ax, levels=levels, label="training cross-entropy")
+        rise = ", ".join(map("{:.3g}".format, r["rise_at_radius"]))
+        gap = ", ".join(map("{:+.2%}".format, r["centre_gap"]))
+        ax.set_title(f"{LABELS[net]}: test error {r['test_error']:.2f}%, plane 1 of {len(r['planes'])}\nper plane: "
+                     f"rise at r = {payload['config']['radius']:g}: {rise}\ngap, centre to lowest other point: {gap}")
         ax.legend(fontsize=7.5, loc="upper right")
     _common.savefig(fig, out_dir, f"{NAME}_2d")
 
