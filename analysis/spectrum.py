@@ -33,8 +33,8 @@ __all__ = [
     "diagonal_dominance",
     "eigenvalues",
     "eigh",
+    "block_coupling",
     "inertia",
-    "jacobi_scaled",
     "log_spread",
     "outliers",
     "param_blocks",
@@ -347,26 +347,29 @@ def block_norms(H, sizes: Sequence[int] | ParamBlocks) -> np.ndarray:
     return np.sqrt(np.add.reduceat(rows, edges[:-1], axis=1))
 
 
-def jacobi_scaled(H, *, rtol: float = DEFAULT_RTOL) -> np.ndarray:
-    """``D^-1/2 H D^-1/2`` with ``D = |diag H|``: entries ``H_ij / sqrt(|H_ii H_jj|)``, unit diagonal.
+def block_coupling(H, blocks: Sequence[int] | ParamBlocks | None = None, *, rtol: float = DEFAULT_RTOL) -> np.ndarray:
+    """How strongly each pair of blocks couples, relative to their own curvature: ``N_ab / sqrt(N_aa N_bb)``.
 
-    It does not change when the parameters are rescaled one by one (``theta -> S theta`` with ``S`` diagonal
-    turns ``H`` into ``S^-1 H S^-1``): what is left is the coupling between parameters, not their units.
-    Rows and columns whose ``|H_ii|`` is at most ``rtol * max |H_ii|`` (parameters the loss does not see) are
-    set to zero.
+    ``N`` is :func:`block_norms` (``N_ab = ||H[I_a, I_b]||_F``), or ``|H|`` element-wise for ``blocks=None``,
+    where the result is ``|H_ij| / sqrt(|H_ii H_jj|)``, the Jacobi-scaled matrix. The result does not change when
+    the parameters are rescaled, each by its own factor (element-wise) or each block by one factor (``theta_a
+    -> s_a theta_a`` turns ``H_ab`` into ``H_ab / (s_a s_b)``): it measures coupling, not the parameters' units.
+    Rows and columns whose ``N_aa`` is at most ``rtol * max N_aa`` (parameters the loss does not see) are zero.
 
     Args:
         H: a square matrix of shape ``(P, P)``.
-        rtol: the relative size below which a diagonal entry counts as zero.
+        blocks: block sizes summing to ``P`` (or a :class:`ParamBlocks`), or ``None`` for single parameters.
+        rtol: the relative size below which a diagonal entry of ``N`` counts as zero.
 
     Returns:
-        The scaled matrix, shape ``(P, P)``, float64.
+        ``(B, B)`` non-negative, symmetric, with unit diagonal (``(P, P)`` for ``blocks=None``).
     """
     H = _as_square(H)
-    d = np.abs(np.diag(H))
+    N = np.abs(H) if blocks is None else block_norms(H, blocks)
+    d = np.diag(N)
     keep = d > rtol * d.max() if d.max() > 0 else np.zeros(d.shape, bool)
     inv = np.where(keep, 1 / np.sqrt(np.where(keep, d, 1.0)), 0.0)
-    return H * inv[:, None] * inv[None, :]
+    return N * inv[:, None] * inv[None, :]
 
 
 def diagonal_dominance(
@@ -384,22 +387,21 @@ def diagonal_dominance(
         H: a square matrix of shape ``(P, P)``.
         blocks: ``None`` for the element-wise diagonal, or block sizes summing to ``P`` (or a
             :class:`ParamBlocks`), in which case "diagonal" means the diagonal blocks ``H[I_a, I_a]``.
-        scaled: take the share of :func:`jacobi_scaled` ``(H)``, which does not depend on the units of the
-            parameters.
-        rtol: with ``scaled``, as in :func:`jacobi_scaled`.
+        scaled: the share of :func:`block_coupling` instead, each (block) entry divided by the geometric mean
+            of its two diagonal (block) entries: it does not depend on the units of the parameters (blocks).
+        rtol: with ``scaled``, as in :func:`block_coupling`.
 
     Returns:
         The ratio in ``[0, 1]``; ``nan`` for ``H = 0``.
     """
-    H = jacobi_scaled(H, rtol=rtol) if scaled else _as_square(H)
-    total = np.linalg.norm(H)
+    if scaled:
+        N = block_coupling(H, blocks, rtol=rtol)
+    else:
+        H = _as_square(H)
+        N = H if blocks is None else block_norms(H, blocks)
+    total = np.linalg.norm(N)
     if total == 0:
         return float("nan")
     # Sum the off-diagonal part directly rather than subtracting norms, which cancels for nearly
     # diagonal matrices.
-    if blocks is None:
-        off = np.linalg.norm(H - np.diag(np.diag(H)))
-    else:
-        norms = block_norms(H, blocks)
-        off = np.linalg.norm(norms[~np.eye(norms.shape[0], dtype=bool)])
-    return float(off / total)
+    return float(np.linalg.norm(N - np.diag(np.diag(N))) / total)

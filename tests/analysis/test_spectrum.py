@@ -109,16 +109,22 @@ def test_diagonal_dominance_hand_values():
 def test_scaled_diagonal_dominance_ignores_the_parameters_units(seed):
     rng = np.random.default_rng(seed)
     H = planted(rng.standard_normal(8), seed)
-    S = np.diag(np.exp(rng.uniform(-2, 2, 8)))  # rescale each parameter by up to e^+-2
-    for blocks in (None, [3, 5]):
-        share = spectrum.diagonal_dominance(H, blocks, scaled=True)
-        assert spectrum.diagonal_dominance(S @ H @ S, blocks, scaled=True) == pytest.approx(share, rel=1e-10)
+    s = np.exp(rng.uniform(-2, 2, 8))  # rescale each parameter by up to e^+-2
+    share = spectrum.diagonal_dominance(H, scaled=True)
+    assert spectrum.diagonal_dominance(H * s[:, None] * s, scaled=True) == pytest.approx(share, rel=1e-10)
+    # Element-wise: the Jacobi-scaled matrix by hand.
     d = 1 / np.sqrt(np.abs(np.diag(H)))
-    C = H * d[:, None] * d[None, :]  # the Jacobi-scaled matrix by hand
-    np.testing.assert_allclose(spectrum.jacobi_scaled(H), C, rtol=1e-12)
-    np.testing.assert_allclose(spectrum.jacobi_scaled(S @ H @ S), C, rtol=1e-10, atol=1e-14)
-    assert spectrum.diagonal_dominance(H, scaled=True) == pytest.approx(
-        np.linalg.norm(C - np.diag(np.diag(C))) / np.linalg.norm(C), rel=1e-12)
+    C = np.abs(H) * d[:, None] * d[None, :]
+    np.testing.assert_allclose(spectrum.block_coupling(H), C, rtol=1e-12)
+    assert share == pytest.approx(np.linalg.norm(C - np.diag(np.diag(C))) / np.linalg.norm(C), rel=1e-12)
+    # Block-wise: invariant when every block is rescaled by one factor; N_ab / sqrt(N_aa N_bb) by hand.
+    sizes, sb = [3, 5], np.repeat(np.exp(rng.uniform(-2, 2, 2)), [3, 5])
+    N = spectrum.block_norms(H, sizes)
+    want = N / np.sqrt(np.outer(np.diag(N), np.diag(N)))
+    np.testing.assert_allclose(spectrum.block_coupling(H, sizes), want, rtol=1e-12)
+    np.testing.assert_allclose(spectrum.block_coupling(H * sb[:, None] * sb, sizes), want, rtol=1e-10)
+    assert spectrum.diagonal_dominance(H, sizes, scaled=True) == pytest.approx(
+        np.sqrt(2) * want[0, 1] / np.sqrt(2 + 2 * want[0, 1] ** 2), rel=1e-12)
     # Hand values: [[4, 2], [2, 1]] scales to all ones; a parameter the loss does not see is left out.
     H2 = np.array([[4.0, 2.0], [2.0, 1.0]])
     assert spectrum.diagonal_dominance(H2) == pytest.approx(np.sqrt(8 / 25), rel=1e-14)
