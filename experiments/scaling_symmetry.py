@@ -121,8 +121,7 @@ def main(config: Config, out_dir) -> dict:
     states = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *[train.init_state(p, opt, 0) for p in scaled])
     epoch = train.make_train_epoch(opt, loss_fn=model.loss_fn, batch_size=len(x), lanes=True, record_grad_norm=False)
     states, stats = lax.scan(lambda st, _: epoch(st, x, y), states, None, length=config.mlp_steps)  # an epoch a step
-    outs = np.asarray(jax.vmap(logits)(states.params), np.float64)
-    final = np.asarray(jax.vmap(model.loss_fn, (0, None, None))(states.params, x, y), np.float64)
+    final, outs = map(np.asarray, jax.jit(jax.vmap(lambda p: (model.loss_fn(p, x, y), logits(p))))(states.params))
     for row, tr, f, o in zip(rows, np.asarray(stats.loss[:, :, 0].T, np.float64), final, outs, strict=True):
         row.update(loss_trace=np.append(tr, f), final_loss=float(f),
                    function_distance=float(np.linalg.norm(o - outs[ref]) / np.linalg.norm(outs[ref])))

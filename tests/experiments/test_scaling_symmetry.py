@@ -124,7 +124,7 @@ def test_rescale_against_numpy_and_jax_hessian(seed):
 def test_each_claim_can_fail():
     # Tiny starts c and (w2 / w1) / c have equal c^2 w1^2 + w2^2 / c^2: one GD path in function space.
     w = np.array(ss.QUICK.tiny_start)
-    pair = jnp.asarray([[c * w[0], w[1] / c] for c in (1.0, w[1] / w[0])])
+    pair = jnp.asarray([[c * w[0], w[1] / c] for c in (1.0, w[1] / w[0])] * 2)  # four starts: the QUICK program
     gd, _ = ss.tiny_paths(pair, ss.QUICK.tiny_lr, steps=ss.QUICK.tiny_steps)
     spread = float(np.ptp(np.asarray(gd).prod(axis=-1), axis=0).max())
     assert spread < 1e-9 and not _common.above(spread, 0.05)[0]
