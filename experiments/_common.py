@@ -36,16 +36,19 @@ QUICK_OUT = FIGURES / "quick"
 # --- claims and checks ---
 
 
-def claim(text: str, measured: Any, holds: bool, *, margin: float | None = None) -> dict:
+def claim(text: str, measured: Any, holds: bool | tuple[bool, float], *, margin: float | None = None) -> dict:
     """One claim of the lecture, the number that tests it, whether it held, and its margin.
 
     Args:
         text: the claim as a reader would say it, with its threshold.
         measured: the number (or small dict of numbers) that decides it.
-        holds: the verdict.
+        holds: the verdict, or the ``(verdict, margin)`` pair that :func:`above`, :func:`below` and :func:`both`
+            return.
         margin: how far ``measured`` is from flipping the verdict, relative to the threshold, positive when
-            the claim holds and negative when it fails; :func:`above` and :func:`below` compute it.
+            the claim holds and negative when it fails.
     """
+    if isinstance(holds, tuple):
+        holds, margin = holds
     out = {"text": text, "measured": jsonable(measured), "holds": bool(holds)}
     if margin is not None:
         out["margin"] = float(margin) if math.isfinite(margin) else None
