@@ -193,15 +193,13 @@ def main(config: Config, out_dir) -> dict:
 
     running = agree("running_averages")
 
-    def claim(text, measured, verdict):
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
     fast = _common.both(_common.above(bn_final, plain_final),
                         _common.below(reach if reach is not None else np.inf, config.steps / 2))
     stay = _common.both(*(_common.below(drift["batchnorm"][k], drift["plain"][k]) for k in drift["plain"]))
     larger = _common.above(min(window), 5.0) if window else (False, None)
     beats = _common.both(*(_common.below(np.inf if err[k] is None else err[k], err["baseline (plain)"])
                            for k in err if k.startswith("BN")))
+    claim = _common.claim
     claims = [
         claim(f"BN trains faster and better (Fig. 1a): at the same rate, after {config.steps} steps the BN net is "
               "more accurate, and it reaches the plain net's final accuracy within half the steps",

@@ -1,12 +1,16 @@
-"""The full Hessian of a ~2,600-parameter network, plain, transformed and batch-normalised.
+"""Every eigenvalue of the Hessian of a ~2,600-parameter network, without and with transformations.
 
 Vatanen, Raiko, Valpola & LeCun (2013) computed every eigenvalue of the Hessian of a small MLP on downsampled
-MNIST, found "curvature much more even with transformations", and measured the angle between the gradient and
-the second-order update ``(H + mu I)^-1 g``. We repeat this on three tanh MLPs trained by the same SGD
-(``plain``; ``transform``: :mod:`fflab.norm`'s transformations, Hessian in its own parameters ``W, b, C`` at
-fixed transformations; ``batchnorm``, Hessian of the full-batch training-mode loss) at a few checkpoints, in
-float64: every eigenvalue, the spread of ``log10 |lambda|``, the off-diagonal shares of ``||H||_F`` and the
-gradient-Newton angle over a log grid of ``mu``.
+MNIST ("curvature is much more even with transformations") and the angle between the gradient and the
+second-order update ``(H + mu I)^-1 g``. We train, by the same SGD from the same weights, one tanh MLP with
+shortcut connections (``image_side^2`` inputs, hidden layers ``hidden``) three ways: ``plain`` (no
+transformations: ``alpha = beta = 0``, ``gamma = 1``, inputs not centred, so the same parameters as the
+others), ``transform`` (Raiko et al.'s transformations and centred inputs, re-estimated every step) and
+``transform_gamma`` (plus Vatanen et al.'s gamma); and, as an extension, a batch-normalised MLP without
+shortcuts. At a few checkpoints, in float64, on a fixed set of training samples, with the transformations
+held fixed (BN in training mode on those samples): every eigenvalue, the spread of ``log10 |lambda|``, the
+gradient-Newton angle over a log grid of ``mu``, and the off-diagonal share over the parameter arrays as
+blocks, each block scaled by its two diagonal blocks (:func:`analysis.spectrum.block_coupling`).
 """
 
 from __future__ import annotations
@@ -26,22 +30,22 @@ from experiments import _common
 from fflab import data, train
 
 NAME = "hessian_spectrum"
-DESCRIPTION = ("Every Hessian eigenvalue of a ~2,600-parameter tanh MLP, plain vs transformed vs batch-norm: "
-               "spread, diagonal dominance, gradient-Newton angle")
+DESCRIPTION = ("Every Hessian eigenvalue of a ~2,600-parameter tanh MLP without and with transformations (and BN): "
+               "spread, gradient-Newton angle, block coupling")
 SLIDE = "Why does it work? (Vatanen et al., 2013): eigenvalues of H; angle between gradient and second order update"
 PAPERS = {"Vatanen, Raiko, Valpola & LeCun 2013": "https://arxiv.org/abs/1301.3476",
           "Raiko, Valpola & LeCun 2012": "https://proceedings.mlr.press/v22/raiko12.html",
           "Ioffe & Szegedy 2015": "https://arxiv.org/abs/1502.03167"}
 
-VARIANTS = ("plain", "transform", "batchnorm")
+VARIANTS = ("plain", "transform", "transform_gamma", "batchnorm")
 
 
 @dataclass(frozen=True)
 class Config:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    image_side: int = 10  # images are shrunk (antialiased) to image_side x image_side
-    hidden: tuple = (20, 20)
+    image_side: int = 7  # images are shrunk (antialiased) to image_side x image_side
+    hidden: tuple = (16, 16)
     n_train: int = 10000
     n_hessian: int = 2000  # the Hessian is of the mean cross-entropy on the first n_hessian training samples
     epochs: int = 20
@@ -53,7 +57,7 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(dataset="digits", image_side=4, hidden=(12, 12), n_train=1437, n_hessian=400, epochs=8,
+QUICK = Config(dataset="digits", image_side=4, hidden=(8, 8), n_train=1437, n_hessian=400, epochs=8,
                checkpoints=(1, 8), batch_size=50, mus=(1e-4, 1e2, 13))
 FULL = Config()
 
@@ -71,26 +75,29 @@ def load_images(config: Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def variant_model(variant: str):
-    return fflab.classifier("tanh", None if variant == "plain" else variant)
+    """The preset of a variant; the three shortcut nets share one architecture (``transform``)."""
+    if variant == "batchnorm":
+        return fflab.classifier("tanh", "batchnorm")
+    return fflab.classifier("tanh", "transform", transform_gamma=variant == "transform_gamma")
+
+
+def training_loss(variant: str):
+    """``plain`` trains the shortcut net at its initial (zero) transformations: the loss that never updates them."""
+    return variant_model(variant).eval_loss_fn if variant == "plain" else variant_model(variant).loss_fn
 
 
 def hessian_loss(variant: str):
-    """The loss whose Hessian is taken: plain ``loss(params, x, y)``; else ``loss(params, model_state, x, y)``
-    at fixed state: batch norm in training mode (statistics of the batch itself), the transformed net without
-    re-estimating its transformations."""
+    """``loss(params, model_state, x, y)`` at fixed state: the transformations held, BN on the batch's statistics."""
     model = variant_model(variant)
-    if variant == "plain":
-        return model.loss_fn
     return train.freeze(model.loss_fn if variant == "batchnorm" else model.eval_loss_fn)
 
 
 def hessian_at(variant: str, params, model_state, x, y):
     """Dense Hessian ``(P, P)``, flat gradient ``(P,)``, loss, and the float64 params (under ``enable_x64``)."""
     params, model_state, x = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, model_state, x))
-    args = (x, jnp.asarray(y)) if model_state is None else (model_state, x, jnp.asarray(y))
-    loss_fn = hessian_loss(variant)
-    H = analysis.hessian(loss_fn, params, *args)
-    loss, g = jax.jit(jax.value_and_grad(loss_fn))(params, *args)
+    loss_fn, y = hessian_loss(variant), jnp.asarray(y)
+    H = analysis.hessian(loss_fn, params, model_state, x, y)
+    loss, g = jax.jit(jax.value_and_grad(loss_fn))(params, model_state, x, y)
     return np.asarray(H), np.asarray(ravel_pytree(g)[0]), float(loss), params
 
 
@@ -104,22 +111,21 @@ def newton_angles(eigs: np.ndarray, g_eig: np.ndarray, mus: np.ndarray) -> np.nd
 
 
 def analyse(H, g, blocks, mus, keep: int) -> dict:
-    """Spectrum summaries, diagonal dominance and gradient-Newton angles of one Hessian ``(P, P)``."""
+    """Spectrum summaries, block coupling and gradient-Newton angles of one Hessian ``(P, P)``."""
     eigs, U = spectrum.eigh(H)
     s = spectrum.summarize(eigs)
     by_mag = eigs[np.argsort(-np.abs(eigs), kind="stable")]  # largest |lambda| first, as Vatanen et al. plot
     ranks = np.unique(np.round(np.linspace(0, eigs.size - 1, min(keep, eigs.size))).astype(int))
-    return {"P": int(eigs.size), "summary": s._asdict(), "spread_log10_std": s.log10_std,
-            "condition_positive": s.condition, "eig_ranks": ranks, "eig_values": by_mag[ranks],
-            "diag_offshare": spectrum.diagonal_dominance(H), "block_offshare": spectrum.diagonal_dominance(H, blocks),
-            "block_names": list(blocks.names), "block_norms": spectrum.block_norms(H, blocks),
-            "grad_norm": float(np.linalg.norm(g)), "angles": newton_angles(eigs, U.T @ g, mus)}
+    return {"P": int(eigs.size), "summary": s._asdict(), "spread_log10_std": s.log10_std, "eig_ranks": ranks,
+            "eig_values": by_mag[ranks], "block_share_scaled": spectrum.diagonal_dominance(H, blocks, scaled=True),
+            "block_share": spectrum.diagonal_dominance(H, blocks), "share": spectrum.diagonal_dominance(H),
+            "angles": newton_angles(eigs, U.T @ g, mus)}
 
 
 def run_variant(variant: str, config: Config, x, y) -> dict:
     """Train one variant by SGD, keeping ``(params, model_state)`` at the checkpoints, then analyse each."""
     model = variant_model(variant)
-    key = jax.random.PRNGKey(config.seed)
+    key = jax.random.key(config.seed)  # the same weights W for every variant
     params, model_state = model.init(key, [x.shape[1], *config.hidden, 10], init="glorot")
     opt = train.make_optimizer("sgd", config.learning_rate)
     taken = {}
@@ -129,10 +135,10 @@ def run_variant(variant: str, config: Config, x, y) -> dict:
             taken[epoch] = jax.device_get((st.params, st.model_state))
 
     fit = train.fit(train.init_state(params, opt, jax.random.fold_in(key, 1), model_state), opt, (x, y),
-                    loss_fn=model.loss_fn, metrics_fn=model.metrics_fn, epochs=config.epochs,
+                    loss_fn=training_loss(variant), metrics_fn=model.metrics_fn, epochs=config.epochs,
                     batch_size=config.batch_size, callback=keep, progress=False)
     mus = np.geomspace(*config.mus[:2], int(config.mus[2]))
-    out = {"sizes": [x.shape[1], *config.hidden, 10], "train_error": fit.history["train_error"], "checkpoints": {}}
+    out = {"train_error": fit.history["train_error"], "checkpoints": {}}
     with jax.enable_x64(True):
         for epoch in sorted(taken):
             H, g, loss, p64 = hessian_at(variant, *taken[epoch], x[: config.n_hessian], y[: config.n_hessian])
@@ -155,50 +161,70 @@ def main(config: Config, out_dir) -> dict:
     for e in epochs:
         ok = mus > max(-runs[v]["checkpoints"][str(e)]["summary"]["lambda_min"] for v in VARIANTS)
         for v in VARIANTS:
-            a = np.asarray(runs[v]["checkpoints"][str(e)]["angles"], float)
-            angle[v].append(float(np.mean(a[ok])) if ok.any() else None)
-    table = {v: {"P": runs[v]["checkpoints"][str(epochs[-1])]["P"], "spread_log10_std": per("spread_log10_std", v),
-                 "condition_positive": per("condition_positive", v), "diag_offshare": per("diag_offshare", v),
-                 "block_offshare": per("block_offshare", v), "mean_angle_pd": angle[v]} for v in VARIANTS}
+            angle[v].append(float(np.mean(np.asarray(runs[v]["checkpoints"][str(e)]["angles"], float)[ok])))
+    table = {v: {"P": runs[v]["checkpoints"][str(epochs[-1])]["P"], "spread": per("spread_log10_std", v),
+                 "angle": angle[v], "block_share_scaled": per("block_share_scaled", v),
+                 "block_share": per("block_share", v), "share": per("share", v)} for v in VARIANTS}
 
-    def lower(key, v):
-        return all(a < b for a, b in zip(table[v][key], table["plain"][key], strict=True))
+    def lower(key, v):  # smaller than plain's at every checkpoint; the margin is the closest call
+        return _common.both(*(_common.below(a, b) for a, b in zip(table[v][key], table["plain"][key], strict=True)))
 
+    texts = {"spread": "curvature is much more even with {v} than without transformations: smaller spread (std of "
+                       "log10|lambda|) at every checkpoint",
+             "angle": "gradient descent is closer to Newton with {v}: smaller angle between g and (H + mu I)^-1 g "
+                      "(mean over the mu where H + mu I is positive definite for every variant), at every checkpoint",
+             "block_share_scaled": "the Hessian is closer to a diagonal with {v}: smaller off-diagonal share over the "
+                                   "parameter arrays as blocks, each scaled by its two diagonal blocks, at every "
+                                   "checkpoint"}
     claims = []
-    for key, text in (("spread_log10_std", "curvature is much more even with {v} than plain: smaller spread (std "
-                       "of log10|lambda|) at every checkpoint"),
-                      ("diag_offshare", "the Hessian is closer to diagonal with {v} than plain: smaller "
-                       "off-diagonal share of ||H||_F (element-wise), at every checkpoint"),
-                      ("mean_angle_pd", "gradient descent is closer to Newton with {v}: smaller angle between g "
-                       "and (H + mu I)^-1 g (mean over the mu where H + mu I is positive definite for every "
-                       "variant), at every checkpoint")):
-        for v in ("transform", "batchnorm"):
+    for key, text in texts.items():
+        for v in VARIANTS[1:]:
             claims.append(_common.claim(text.format(v=v), {"plain": table["plain"][key], v: table[v][key]},
                                         lower(key, v)))
-    sizes = runs["plain"]["sizes"]
-    notes = (f"{config.dataset} images shrunk to {config.image_side}x{config.image_side}, tanh MLP {sizes}, "
-             f"{config.n_train} training samples, SGD lr {config.learning_rate:g}, batch {config.batch_size}. The "
-             f"Hessian is of the mean cross-entropy on the first {config.n_hessian} training samples, in float64.")
+    sizes = [x.shape[1], *config.hidden, 10]
+    notes = (f"{config.dataset} images shrunk to {config.image_side}x{config.image_side} (MNIST is not available "
+             f"here), tanh MLP {sizes}, {config.n_train} training samples, SGD lr {config.learning_rate:g}, batch "
+             f"{config.batch_size}, the same initial W for every variant. plain, transform and transform_gamma are "
+             f"one network with shortcuts ({table['plain']['P']} parameters), the first with its transformations "
+             f"never estimated; batch norm has no shortcuts ({table['batchnorm']['P']} parameters). The Hessian is "
+             f"of the mean cross-entropy on the first {config.n_hessian} training samples, in float64. Spread = std "
+             "of log10|lambda| over |lambda| > 1e-6 max|lambda|. Spread and the unscaled shares change under a "
+             "rescaling of the parameters (gamma is one); the block share scaled by the diagonal blocks does not.")
     payload = _common.save(NAME, config, {"mus": mus, "epochs": epochs, "table": table, "runs": runs}, claims,
                            out_dir, notes=notes)
     plot(payload, out_dir)
     return payload
 
 
-_COLORS = {"plain": "C0", "transform": "C2", "batchnorm": "C3"}
+_COLORS = {"plain": "C0", "transform": "C2", "transform_gamma": "C1", "batchnorm": "C3"}
+_LABELS = {"plain": "no transformations", "transform": "transformed (Raiko)",
+           "transform_gamma": "transformed + gamma (Vatanen)", "batchnorm": "batch norm (no shortcuts)"}
 
 
 def plot(payload: dict, out_dir) -> None:
     plt = _common.style()
     r = payload["results"]
-    e = str(r["epochs"][-1])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+    e, mus, t = str(r["epochs"][-1]), np.asarray(r["mus"]), r["table"]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.6), layout="constrained", width_ratios=(1.3, 1.1, 0.8, 0.8))
     for v in VARIANTS:
         c = r["runs"][v]["checkpoints"][e]
-        vals = np.asarray(c["eig_values"], float)
-        axes[0].semilogy(np.asarray(c["eig_ranks"]) / (c["P"] - 1), np.abs(vals), color=_COLORS[v], label=v)
-        axes[1].semilogx(r["mus"], c["angles"], "o-", color=_COLORS[v], label=v)
-    axes[0].legend()
+        rank = np.asarray(c["eig_ranks"], float) / (c["P"] - 1)
+        axes[0].semilogy(rank, np.maximum(np.abs(np.asarray(c["eig_values"], float)), 1e-12), color=_COLORS[v],
+                         label=f"{_LABELS[v]}: spread {c['spread_log10_std']:.2f}")
+        pd = mus > -c["summary"]["lambda_min"]
+        axes[1].semilogx(mus[pd], np.asarray(c["angles"], float)[pd], "o-", ms=3, color=_COLORS[v], label=_LABELS[v])
+        for ax, key in zip(axes[2:], ("spread", "angle"), strict=True):
+            ax.plot(r["epochs"], t[v][key], "o-", color=_COLORS[v])
+    axes[0].set(title=f"(a) Hessian |eigenvalues| after epoch {e}, largest first", xlabel="rank / number of "
+                "parameters", ylabel="|eigenvalue|", ylim=(1e-8, None))
+    axes[1].set(title="(b) angle between g and (H + mu I)^-1 g", xlabel="mu (where H + mu I is positive definite)",
+                ylabel="degrees", ylim=(0, None))
+    axes[2].set(title="(c) spread: std of log10|lambda|", xlabel="epoch", xscale="log")
+    axes[3].set(title="(d) mean angle (degrees)", xlabel="epoch", xscale="log")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Vatanen et al.'s analysis: every eigenvalue of the Hessian ({payload['config']['n_hessian']} "
+                 "training samples, float64); flatter (a) = more even curvature, lower (b) = SGD closer to Newton")
     _common.savefig(fig, out_dir, NAME)
 
 

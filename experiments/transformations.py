@@ -3,15 +3,15 @@
 Lecture: "Why does it work? (Raiko et al., 2012)": transformations do not change the model, but the
 optimisation; the Hessian is closer to a diagonal, so the gradient is closer to Newton's step.
 
-The same tanh MLP from the same weights and mini-batches: ``plain``; ``transform`` (hidden outputs ``f(z) -
-alpha z - beta`` with zero mean and zero mean slope, shortcuts from every layer below, centred inputs, all
-re-estimated on every mini-batch: :mod:`fflab.norm`); ``transform_gamma`` (plus Vatanen et al.'s output scale
-``gamma``); ``batchnorm``. Each trains with SGD at every rate of a log grid (``train.lanes``) and is compared at
-its own best rate. Then the Hessian of one small trained net at one function in three parameterisations: none
-(the plain net with zero shortcuts), Raiko's and Vatanen's. "Closer to a diagonal" is about blocks (the
-coupling of different layers' weights and the shortcuts), so the measure is the off-diagonal share of
-``||H||_F`` over the parameter arrays as blocks, after scaling ``H`` by its diagonal
-(:func:`analysis.spectrum.jacobi_scaled`: the share then measures coupling, not the parameters' units).
+One tanh MLP from the same weights and mini-batches: ``plain``; ``transform`` (hidden outputs ``f(z) - alpha z
+- beta`` with zero mean and zero mean slope, shortcuts from every layer below, centred inputs, re-estimated on
+every mini-batch: :mod:`fflab.norm`); ``transform_gamma`` (plus Vatanen et al.'s output scale ``gamma``);
+``batchnorm``. Each trains with SGD at every rate of a log grid (``train.lanes``), compared at its best rate.
+Then one small trained net at one function in three parameterisations: none (zero shortcuts), Raiko's and
+Vatanen's. Raiko et al. show the Fisher matrix (for cross-entropy, the Gauss-Newton matrix) closer to a
+diagonal block-wise (the coupling of different layers' weights and the shortcuts): the measure is the
+off-diagonal share over the parameter arrays as blocks, each block's norm over the geometric mean of its two
+diagonal blocks' (:func:`analysis.spectrum.block_coupling`: coupling, not units). The Hessian's shares too.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ PAPERS = {"Raiko, Valpola & LeCun 2012": "https://proceedings.mlr.press/v22/raik
 
 NETS = ("plain", "transform", "transform_gamma", "batchnorm")
 PARAMETERISATIONS = ("none", "transform", "transform_gamma")
+SHARES = {"fisher_blocks_scaled": "Fisher, blocks\nscaled (claim)", "hessian_blocks_scaled": "Hessian, blocks\nscaled",
+          "hessian_blocks": "Hessian,\nblocks", "hessian_elements": "Hessian,\nelements"}
 
 
 @dataclass(frozen=True)
@@ -133,26 +135,31 @@ def hessian_comparison(config: Config, ds) -> dict:
     out = {"sizes": sizes, "num_params": fflab.mlp.num_params(params), "block_names": list(blocks.names)}
     for name, s in states.items():
         h = np.asarray(analysis.hessian(loss_fn, params, s, x, y), np.float64)
+        ggn = analysis.hessian_operator(None, params, (s, x), y, curvature="ggn", output_fn=logits,
+                                        loss=fflab.losses.cross_entropy)[0]
+        fisher = np.asarray(jax.lax.map(ggn, jnp.eye(h.shape[0], dtype=x.dtype), batch_size=64), np.float64)
         eigs = spectrum.eigenvalues(h)
         mags = np.sort(np.abs(eigs))[::-1]
-        out[name] = {"loss": float(loss_fn(params, s, x, y)), "block_share_scaled": spectrum.diagonal_dominance(
-                         h, blocks, scaled=True, rtol=rtol),
-                     "block_share": spectrum.diagonal_dominance(h, blocks), "share": spectrum.diagonal_dominance(h),
-                     "scaled_block_norms": spectrum.block_norms(spectrum.jacobi_scaled(h, rtol=rtol), blocks),
+        dd = spectrum.diagonal_dominance
+        out[name] = {"loss": float(loss_fn(params, s, x, y)), "coupling": spectrum.block_coupling(fisher, blocks),
+                     "fisher_blocks_scaled": dd(fisher, blocks, scaled=True), "hessian_blocks": dd(h, blocks),
+                     "hessian_blocks_scaled": dd(h, blocks, scaled=True), "hessian_elements": dd(h),
                      "log10_std": spectrum.log_spread(eigs, rtol=rtol)[1],
                      "abs_eigenvalues_desc": [float(f"{v:.4g}") for v in mags[:: max(1, mags.size // 300)]]}
     return out
+
+
+def logits(params, state_and_x):
+    """The transformed net's logits, ``state_and_x = (model_state, x)``: the output function of the Fisher matrix."""
+    return model("transform").apply(params, *state_and_x)[0]
 
 
 def main(config: Config, out_dir) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     sizes = [ds.x_train.shape[1], *config.hidden, ds.num_classes]
     runs = {net: train_net(config, ds, sizes, net) for net in NETS}
-    t_state = runs["transform_gamma"]["_state"]
-    change, scale, moved = (float(v) for v in invariance(t_state.params, t_state.model_state,
-                                                         jnp.asarray(ds.x_train)))
-    for net in NETS:
-        del runs[net]["_state"]
+    t_state = [runs[net].pop("_state") for net in NETS][NETS.index("transform_gamma")]
+    change, scale, moved = (float(v) for v in invariance(t_state.params, t_state.model_state, ds.x_train))
     hess = hessian_comparison(config, ds)
 
     def at_best(key, e):
@@ -162,13 +169,11 @@ def main(config: Config, out_dir) -> dict:
     best_lr, edge = {n: runs[n]["best_lr"] for n in NETS}, [n for n in NETS if runs[n]["best"] in (0, len(
         config.learning_rates) - 1)]
     tol = 1e-4 if jnp.zeros(()).dtype == jnp.float32 else 1e-10
-    share = {p: hess[p]["block_share_scaled"] for p in PARAMETERISATIONS}
+    share = {p: hess[p]["fisher_blocks_scaled"] for p in PARAMETERISATIONS}
     spread = {p: hess[p]["log10_std"] for p in PARAMETERISATIONS}
 
-    def claim(text, measured, verdict):
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
     faster = {net: _common.below(final[net], final["plain"]) for net in NETS[1:]}
+    claim = _common.claim
     claims = [
         claim(f"transformations change the optimisation (Raiko et al.): after {config.epochs} epochs of SGD, each "
               "at its best rate, the transformed net (alpha, beta, centred inputs) reaches a lower training loss "
@@ -182,9 +187,10 @@ def main(config: Config, out_dir) -> dict:
               _common.below(final["transform_gamma"], final["transform"])),
         claim("batch norm, the transformations' descendant, also trains faster than the plain net",
               {k: final[k] for k in ("plain", "batchnorm")}, faster["batchnorm"]),
-        claim("the Hessian is closer to a diagonal with the transformations (same function, same parameters): "
-              "smaller off-diagonal share of ||H||_F over the parameter arrays as blocks, after scaling H by its "
-              "diagonal", share, _common.below(share["transform"], share["none"])),
+        claim("the Fisher matrix (Raiko et al.'s statement; the lecture says Hessian) is closer to a diagonal with the "
+              "transformations (same function, same parameters): smaller off-diagonal share over the parameter arrays "
+              "as blocks, each block scaled by its two diagonal blocks", share,
+              _common.below(share["transform"], share["none"])),
         claim("curvature is more even with transformations (Vatanen et al.): the non-negligible |eigenvalues| spread "
               "over fewer orders of magnitude (std of log10 |lambda|), with gamma", spread,
               _common.below(spread["transform_gamma"], spread["none"])),
@@ -206,9 +212,8 @@ def main(config: Config, out_dir) -> dict:
              + (f"Best rate at the grid's edge for {', '.join(edge)}: a wider grid could move it. " if edge else "")
              + "Off-diagonal shares (none / Raiko / with gamma): " + "; ".join(
                  f"{k.replace('_', ' ')} " + " / ".join(f"{hess[p][k]:.3f}" for p in PARAMETERISATIONS)
-                 for k in ("block_share_scaled", "block_share", "share"))
-             + ". gamma only rescales parameters, which the scaling by the diagonal undoes; the unscaled shares move "
-             "with the parameters' units.")
+                 for k in SHARES) + ". The unscaled shares move with the parameters' units (gamma rescales the "
+             "outgoing weights); the Hessian's scaled ones with its indefinite part (near-zero diagonal blocks).")
     payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
@@ -222,20 +227,17 @@ _LABELS = {"plain": "plain", "transform": "transformed (Raiko)", "transform_gamm
 def plot(payload: dict, out_dir) -> None:
     plt = _common.style()
     r, config = payload["results"], payload["config"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     for net in NETS:
         run = r["runs"][net]
         b, steps = run["best"], run["steps_per_epoch"] * np.arange(1, config["epochs"] + 1)
         label = f"{_LABELS[net]}, best rate {run['best_lr']:g}"
         axes[0].semilogy(steps, np.asarray(run["batch_loss"][b], float), "o-", color=_COLORS[net], label=label)
-        axes[1].plot(steps, np.asarray(run["test_error"][b], float), "o-", color=_COLORS[net], label=label)
         last = np.asarray([row[-1] for row in run["batch_loss"]], float)
-        axes[2].loglog(run["learning_rates"], np.where(np.isfinite(last), last, np.nan), "o-", color=_COLORS[net],
-                       label=_LABELS[net])
+        axes[1].loglog(run["learning_rates"], last, "o-", color=_COLORS[net], label=_LABELS[net])
     axes[0].set(title="(a) training loss, each net at its best rate", xlabel="SGD step",
                 ylabel="mean mini-batch cross-entropy (epoch)")
-    axes[1].set(title="(b) test error, each net at its best rate", xlabel="SGD step", ylabel="test error (%)")
-    axes[2].set(title="(c) final training loss against the rate (missing: diverged)", xlabel="learning rate",
+    axes[1].set(title="(b) final training loss against the rate (missing: diverged)", xlabel="learning rate",
                 ylabel=f"mean mini-batch loss, epoch {config['epochs']}")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -246,23 +248,20 @@ def plot(payload: dict, out_dir) -> None:
     h = r["hessian"]
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.8), layout="constrained", width_ratios=(1, 1, 0.9, 1.1))
     names = [n.replace("'", "") for n in h["block_names"]]
-    logs = {p: np.log10(np.maximum(np.asarray(h[p]["scaled_block_norms"], float), 1e-6)) for p in ("none", "transform")}
+    logs = {p: np.log10(np.maximum(np.asarray(h[p]["coupling"], float), 1e-6)) for p in ("none", "transform")}
     lo, hi = min(v.min() for v in logs.values()), max(v.max() for v in logs.values())
     for ax, p in zip(axes[:2], logs, strict=True):
         im = ax.imshow(logs[p], vmin=lo, vmax=hi, cmap="magma")
-        ax.set(title=f"{_LABELS[p]}: off-block-diagonal share {h[p]['block_share_scaled']:.2f}",
-               xticks=range(len(names)), yticks=range(len(names)))
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
-        ax.set_yticklabels(names, fontsize=7)
+        ax.set(title=f"Fisher, {_LABELS[p]}\noff-block-diagonal share {h[p]['fisher_blocks_scaled']:.2f}")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.grid(False)
-    fig.colorbar(im, ax=axes[:2], shrink=0.8, label="log10 ||block||_F of D^-1/2 H D^-1/2 (gamma: the same)")
-    measures = {"block_share_scaled": "blocks, H scaled\nby its diagonal\n(the claim)",
-                "block_share": "blocks,\nH as is", "share": "elements,\nH as is"}
+    fig.colorbar(im, ax=axes[:2], shrink=0.8, label="log10 ||F_ab||_F / sqrt(||F_aa||_F ||F_bb||_F)")
     for i, p in enumerate(PARAMETERISATIONS):
-        axes[2].bar(np.arange(3) + 0.27 * (i - 1), [h[p][k] for k in measures], 0.27, color=_COLORS[p],
+        axes[2].bar(np.arange(len(SHARES)) + 0.27 * (i - 1), [h[p][k] for k in SHARES], 0.27, color=_COLORS[p],
                     label=_LABELS[p])
-    axes[2].set(title="off-diagonal share of ||H||_F", xticks=range(3), ylim=(0, 1.15))
-    axes[2].set_xticklabels(list(measures.values()), fontsize=8)
+    axes[2].set(title="off-diagonal share of the matrix's norm", ylim=(0, 1.15))
+    axes[2].set_xticks(range(len(SHARES)), list(SHARES.values()), fontsize=8)
     axes[2].legend(fontsize=7, loc="upper left")
     for p in PARAMETERISATIONS:
         mags = np.asarray(h[p]["abs_eigenvalues_desc"], float)
@@ -271,8 +270,8 @@ def plot(payload: dict, out_dir) -> None:
     axes[3].set(title="Hessian |eigenvalues|, sorted", xlabel="rank / number of parameters", ylabel="|eigenvalue|",
                 ylim=(1e-8, None))
     axes[3].legend(fontsize=8)
-    fig.suptitle(f"The Hessian of one {'-'.join(map(str, h['sizes']))} tanh net (with shortcuts, {h['num_params']} "
-                 "parameters) at one function, in three parameterisations")
+    fig.suptitle(f"The Fisher matrix and Hessian of one {'-'.join(map(str, h['sizes']))} tanh net (with shortcuts, "
+                 f"{h['num_params']} parameters) at one function, in three parameterisations")
     _common.savefig(fig, out_dir, f"{NAME}_hessian")
 
 
