@@ -146,10 +146,11 @@ def _exactness(inputs: dict) -> dict:
     return out
 
 
-def _seconds(repeats: int, fn, *args) -> float:
-    """Wall seconds of ``fn(*args)``, the best of ``repeats`` runs after a warm-up (other load only adds time)."""
-    jax.block_until_ready(fn(*args))
-    return min(timeit.repeat(lambda: jax.block_until_ready(fn(*args)), number=1, repeat=repeats))
+def _seconds(repeats: int, calls) -> list[float]:
+    """Wall seconds of each ``(fn, *args)`` in ``calls``, the best of ``repeats`` rounds over all of them, after a
+    warm-up: other load only adds time, and a burst of it in one round does not hit one depth's runs only."""
+    timers = [lambda fn=fn, args=args: jax.block_until_ready(fn(*args)) for fn, *args in calls]
+    return np.min([[timeit.timeit(t, number=1) for t in timers] for _ in range(repeats + 1)][1:], axis=0).tolist()
 
 
 def main(config: Config, out_dir) -> dict:
@@ -167,28 +168,25 @@ def main(config: Config, out_dir) -> dict:
         exact = jax.tree_util.tree_map(float, _exactness(inputs))
 
     # 2. Costs against depth on the lecture's MNIST widths: paths, multiply-adds, XLA's FLOPs, backprop's time.
-    rng, dtype, rows = np.random.default_rng(config.seed + 1), jnp.zeros(()).dtype, []
+    rng, dtype, rows, calls = np.random.default_rng(config.seed + 1), jnp.zeros(()).dtype, [], []
     for depth in config.depths:
         sizes = [config.n_in, *([config.width] * depth), config.n_out]
         params = _net(rng, sizes, "glorot_relu", 0.0, dtype)
         x = jnp.asarray(rng.standard_normal((config.count_batch, config.n_in)), dtype)
         y = jnp.arange(config.count_batch) % config.n_out
-        compiled = jax.jit(grad).lower(params, x, y).compile()
+        calls.append((compiled := jax.jit(grad).lower(params, x, y).compile(), params, x, y))
         rows.append({"depth": depth, "log10_paths": math.log10(math.prod(sizes)),
                      "paths_ratio": math.prod(sizes) // math.prod(sizes[:-2] + sizes[-1:]),  # one layer fewer
                      "backprop_macs": backprop_macs(sizes, config.count_batch),
-                     "xla_flops": float(compiled.cost_analysis().get("flops", math.nan)),
-                     "backprop_seconds": _seconds(config.repeats, compiled, params, x, y)})
-    costs = {k: [row[k] for row in rows] for k in rows[0]}
+                     "xla_flops": float(compiled.cost_analysis().get("flops", math.nan))})
+    costs = {k: [row[k] for row in rows] for k in rows[0]} | {"backprop_seconds": _seconds(config.repeats, calls)}
 
     # 3. Time for dy/dx of one input: the sum over all paths against one reverse pass per output (jitted).
-    rng, w, rows = np.random.default_rng(config.seed + 2), config.timing_width, []
-    for depth in config.timing_depths:
-        params, x = _net(rng, [w, *([w] * depth), 2], "glorot_relu", 0.0, dtype), jnp.ones((w,), dtype)
-        backprop, path_sum = (_seconds(config.repeats, f, params, x) for f in (jax.jit(backprop_jacobian),
-                                                                                   path_sum_jacobian))
-        rows.append({"depth": depth, "path_sum_seconds": path_sum, "backprop_seconds": backprop})
-    timing = {k: [row[k] for row in rows] for k in rows[0]}
+    rng, w = np.random.default_rng(config.seed + 2), config.timing_width
+    nets = [_net(rng, [w, *([w] * depth), 2], "glorot_relu", 0.0, dtype) for depth in config.timing_depths]
+    timing = {"depth": list(config.timing_depths), **{f"{name}_seconds": _seconds(config.repeats, [
+        (f, net, jnp.ones((w,), dtype)) for net in nets]) for name, f in (("path_sum", path_sum_jacobian),
+                                                                          ("backprop", jax.jit(backprop_jacobian)))}}
 
     growth = {"path_sum": growth_per_layer(timing["depth"], timing["path_sum_seconds"]),
               "backprop": growth_per_layer(costs["depth"], costs["backprop_seconds"])}
@@ -238,7 +236,9 @@ def plot(payload: dict, out_dir) -> None:
     axes[1].semilogy(t["depth"], t["path_sum_seconds"], "o-", label=f"sum over all paths: x{g['path_sum']:.2f}/layer")
     axes[1].semilogy(t["depth"], t["backprop_seconds"], "s-", label="backprop, one pass per output")
     axes[1].set(title=f"time for dy/dx, width {cfg['timing_width']}", xlabel="hidden layers", ylabel="seconds")
-    axes[2].plot(c["depth"], np.asarray(c["backprop_seconds"]) * 1e3, "s-", c="C1", label=f"x{g['backprop']:.2f}/layer")
+    ms, macs = np.asarray(c["backprop_seconds"]) * 1e3, np.asarray(c["backprop_macs"], float)
+    axes[2].plot(c["depth"], ms, "s-", c="C1", label=f"measured: x{g['backprop']:.2f}/layer")
+    axes[2].plot(c["depth"], macs * (ms @ macs) / (macs @ macs), "k:", label="multiply-adds, scaled to fit")
     axes[2].set(title=f"backprop's time is linear in depth (batch {cfg['count_batch']})", xlabel="hidden layers",
                 ylabel="milliseconds per gradient", ylim=(0, None))
     for ax in axes:
