@@ -70,7 +70,7 @@ def _both_grads(activation):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
+@pytest.mark.parametrize("activation", ["relu", "identity"])  # tanh and sigmoid: the QUICK run's exactness check
 def test_hand_written_backprop_equals_jax_grad(activation, seed):
     params, rng = _net(seed, [5, 7, 6, 4])
     x = jnp.asarray(rng.standard_normal((9, 5)))
