@@ -2,8 +2,9 @@
 
 They take :mod:`analysis`'s own results as they come: a :class:`analysis.density.SpectralDensity`, an
 :class:`analysis.krylov.EigshResult`, the outputs of :func:`analysis.landscape.interpolate` and
-:func:`analysis.landscape.slice_2d`. matplotlib is imported when a plot is drawn, so ``import analysis``
-stays light; select a backend (e.g. ``matplotlib.use("Agg")``) before the first plot where there is no display.
+:func:`analysis.landscape.slice_2d`, the records of :func:`analysis.sharpness.tracker`. matplotlib is imported
+when a plot is drawn, so ``import analysis`` stays light; select a backend (e.g. ``matplotlib.use("Agg")``)
+before the first plot where there is no display.
 
 Example::
 
@@ -15,6 +16,8 @@ References:
     Ghorbani, Krishnan & Xiao (2019), An investigation into neural net optimization via Hessian eigenvalue
     density (smoothed SLQ densities on a log axis).
     Goodfellow, Vinyals & Saxe (2015); Li, Xu, Taylor, Studer & Goldstein (2018) (landscape slices).
+    Cohen, Kaur, Li, Kolter & Talwalkar (2021), Gradient descent on neural networks typically occurs at the edge
+    of stability (sharpness against 2 / eta).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["eigenvalues", "line", "plane", "spectral_density"]
+__all__ = ["eigenvalues", "line", "plane", "sharpness", "spectral_density"]
 
 
 def _axes(ax):
@@ -223,4 +226,60 @@ def plane(X, Y, Z, *, ax=None, levels=25, log: bool = True, colorbar: bool = Tru
             if len(ticks) >= 2:
                 bar.set_ticks(ticks, labels=[f"{v:g}" for v in ticks])
                 bar.minorticks_off()
+    return ax
+
+
+def sharpness(
+    steps,
+    values,
+    *,
+    lr: float | None = None,
+    limit: float | None = None,
+    ax=None,
+    log: bool = False,
+    color: str | None = None,
+    label: str | None = "$\\lambda_{max}$",
+    limit_label: str | None = "{name} = {limit:.3g}",
+    **style,
+):
+    """Sharpness over training steps with the stability limit ``2 / eta`` as a dashed line [Cohen et al. 2021].
+
+    Gradient descent with step size ``eta`` is stable on a quadratic while ``lambda_max < 2 / eta``; on neural
+    networks the sharpness rises to that line and hovers there (the edge of stability). Several runs (step sizes)
+    share one axes: each call draws its curve and its limit in one colour.
+
+    Args:
+        steps: ``(r,)`` global steps of the records, e.g. ``fit``'s ``history["monitor_step"]``.
+        values: ``(r,)`` the sharpness there, e.g. ``history["sharpness"]`` (or ``"preconditioned_sharpness"``
+            with ``limit``); ``None`` entries (``null`` in ``metrics.json``) are gaps.
+        lr: the step size ``eta``: draws the line ``2 / eta``.
+        limit: draw the line here instead, e.g. Adam's ``2 (1 + beta1) / ((1 - beta1) eta)`` (``38 / eta`` for
+            ``beta1 = 0.9``) against the preconditioned sharpness [Cohen et al. 2022]. Neither: no line.
+        ax: the axes to draw on (default: a new figure).
+        log: logarithmic sharpness axis.
+        color: colour of curve and line (default: the axes' next colour).
+        label: legend entry of the curve.
+        limit_label: legend entry of the line (``{limit}`` becomes its value, ``{name}`` ``2/eta`` or
+            ``limit``); ``None`` for none.
+        **style: passed to ``ax.plot`` for the curve (``marker``, ``lw``, ...).
+
+    Returns:
+        The axes; the curve is ``ax.lines[-1]``, or ``ax.lines[-2]`` when the limit is drawn, the limit
+        ``ax.lines[-1]`` (gid ``"stability-limit"``).
+    """
+    ax = _axes(ax)
+    steps = np.asarray(steps, np.float64)
+    values = np.asarray([np.nan if v is None else v for v in np.asarray(values, object).ravel()], np.float64)
+    if steps.shape != values.shape:
+        raise ValueError(f"steps and values must have the same shape, got {steps.shape} and {values.shape}")
+    if lr is not None and limit is not None:
+        raise ValueError("give lr (the line 2 / lr) or limit, not both")
+    (curve,) = ax.plot(steps, values, color=color, label=label, **style)
+    if lr is not None or limit is not None:
+        name, limit = ("$2/\\eta$", 2 / float(lr)) if limit is None else ("limit", float(limit))
+        ax.axhline(limit, color=curve.get_color(), ls="--", lw=1, gid="stability-limit",
+                   label=None if limit_label is None else limit_label.format(name=name, limit=limit))
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="sharpness $\\lambda_{max}$")
     return ax

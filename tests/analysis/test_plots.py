@@ -112,3 +112,24 @@ def test_plane_contours_the_grid_and_marks_centre_and_minimum():
     ax2 = plots.plane(X, Y, Z, levels=shared, log=False, colorbar=False)
     np.testing.assert_allclose(ax2.collections[0].levels, shared)
     assert len(ax2.figure.axes) == 1
+
+
+def test_sharpness_draws_the_records_and_the_stability_limit():
+    steps, values = [0, 20, 40, 60], [10.0, 30.0, None, 41.0]  # None: a null record in metrics.json
+    ax = plots.sharpness(steps, values, lr=0.05, label="eta 0.05")
+    curve, limit = ax.lines
+    np.testing.assert_allclose(curve.get_xdata(), steps)
+    np.testing.assert_allclose(curve.get_ydata(), [10.0, 30.0, np.nan, 41.0])
+    assert limit.get_gid() == "stability-limit" and limit.get_ydata()[0] == pytest.approx(40.0)
+    assert limit.get_linestyle() == "--" and limit.get_color() == curve.get_color()
+    assert sorted(t.get_text() for t in ax.legend().get_texts()) == ["$2/\\eta$ = 40", "eta 0.05"]
+    # A second run on the same axes takes the next colour; Adam's limit for the preconditioned sharpness.
+    plots.sharpness(steps, [5.0, 6.0, 7.0, 8.0], limit=38 / 1e-3, ax=ax, label="adam", log=True)
+    assert ax.lines[-2].get_color() != curve.get_color() and ax.lines[-1].get_ydata()[0] == pytest.approx(38e3)
+    assert ax.get_yscale() == "log"
+    bare = plots.sharpness(steps, [1.0, 2.0, 3.0, 4.0])
+    assert len(bare.lines) == 1
+    with pytest.raises(ValueError, match="not both"):
+        plots.sharpness(steps, values, lr=0.1, limit=20.0)
+    with pytest.raises(ValueError, match="same shape"):
+        plots.sharpness(steps[:3], values)
