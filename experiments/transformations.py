@@ -47,16 +47,16 @@ SHARES = {"fisher_blocks_scaled": "Fisher, blocks\nscaled (claim)", "hessian_blo
 class Config:
     dataset: str = "digits"
     data_dir: str | None = None
-    hidden: tuple = (50, 50)
+    hidden: tuple = (32, 32)
     batch_size: int = 60
     learning_rates: tuple = (0.0625, 0.25, 1.0)
-    epochs: int = 5
+    epochs: int = 4
     # The Hessian comparison: a small net trained plainly on a subset of the data, pooled by hessian_pool.
     hessian_pool: int = 2
-    hessian_hidden: tuple = (8, 8)
-    hessian_epochs: int = 20
+    hessian_hidden: tuple = (6, 6)
+    hessian_epochs: int = 10
     hessian_lr: float = 0.5
-    hessian_samples: int = 300
+    hessian_samples: int = 200
     seed: int = 0
 
 
@@ -96,13 +96,11 @@ def train_net(config: Config, ds, sizes, net: str) -> dict:
 
 @jax.jit
 def invariance(params, model_state, x):
-    """Re-estimate every transformation of a trained net on ``x``: largest logit change, largest logit, and
-    largest change of alpha, gamma and the input centre."""
+    """Re-estimate a trained net's transformations on ``x``: max logit change, max logit, max transformation change."""
     before, _ = model("transform").apply(params, model_state, x)
     new = norm.transform_update(params, model_state, x, activation="tanh", gamma=True)
     after, _ = model("transform").apply(params, new, x)
-    moved = jax.tree_util.tree_map(lambda a, b: jnp.max(jnp.abs(a - b)), (model_state.alpha, model_state.gamma,
-                                   model_state.mean), (new.alpha, new.gamma, new.mean))
+    moved = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), model_state[:4], new[:4])  # alpha, beta, gamma, mean
     return jnp.max(jnp.abs(after - before)), jnp.max(jnp.abs(before)), jnp.max(jnp.stack(jax.tree.leaves(moved)))
 
 
@@ -127,8 +125,9 @@ def hessian_comparison(config: Config, ds) -> dict:
         state, _ = epoch(state, x, y)
     layout, none = model("transform").init(k_init, sizes)
     params = [dict(layer, W=t["W"], b=t["b"]) for layer, t in zip(layout, state.params, strict=True)]
-    states = {"none": none, "transform": norm.transform_update(params, none, x, activation="tanh"),
-              "transform_gamma": norm.transform_update(params, none, x, activation="tanh", gamma=True)}
+    update = jax.jit(norm.transform_update, static_argnames=("activation", "gamma"))
+    states = {"none": none, "transform": update(params, none, x, activation="tanh"),
+              "transform_gamma": update(params, none, x, activation="tanh", gamma=True)}
     loss_fn = train.freeze(model("transform").eval_loss_fn)
     blocks = spectrum.param_blocks(params)
     rtol = 1e-4 if x.dtype == jnp.float32 else 1e-8  # |eigenvalues| below rtol * max count as zero
@@ -166,8 +165,9 @@ def main(config: Config, out_dir) -> dict:
         return {net: float(runs[net][key][runs[net]["best"], e]) for net in NETS}
 
     final, first, final_err = at_best("batch_loss", -1), at_best("batch_loss", 0), at_best("test_error", -1)
-    best_lr, edge = {n: runs[n]["best_lr"] for n in NETS}, [n for n in NETS if runs[n]["best"] in (0, len(
-        config.learning_rates) - 1)]
+    best_lr = {n: runs[n]["best_lr"] for n in NETS}
+    edge = [n for n in NETS if runs[n]["best"] in (0, len(config.learning_rates) - 1)]
+    diverged = {n: [lr for lr, f in zip(config.learning_rates, runs[n]["finite"], strict=True) if not f] for n in NETS}
     tol = 1e-4 if jnp.zeros(()).dtype == jnp.float32 else 1e-10
     share = {p: hess[p]["fisher_blocks_scaled"] for p in PARAMETERISATIONS}
     spread = {p: hess[p]["log10_std"] for p in PARAMETERISATIONS}
@@ -212,8 +212,9 @@ def main(config: Config, out_dir) -> dict:
              + (f"Best rate at the grid's edge for {', '.join(edge)}: a wider grid could move it. " if edge else "")
              + "Off-diagonal shares (none / Raiko / with gamma): " + "; ".join(
                  f"{k.replace('_', ' ')} " + " / ".join(f"{hess[p][k]:.3f}" for p in PARAMETERISATIONS)
-                 for k in SHARES) + ". The unscaled shares move with the parameters' units (gamma rescales the "
-             "outgoing weights); the Hessian's scaled ones with its indefinite part (near-zero diagonal blocks).")
+                 for k in SHARES) + ". The unscaled shares and the spread move with the parameters' units (gamma "
+             "rescales the outgoing weights); the Hessian's scaled share with its indefinite part. Diverged "
+             "(non-finite losses): " + ("; ".join(f"{n} at {v}" for n, v in diverged.items() if v) or "none") + ".")
     payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
