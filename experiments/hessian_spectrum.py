@@ -9,12 +9,13 @@ others), ``transform`` (Raiko et al.'s transformations and centred inputs, re-es
 ``transform_gamma`` (plus Vatanen et al.'s gamma); and, as an extension, a batch-normalised MLP without
 shortcuts. At a few checkpoints, in float64, on a fixed set of training samples, with the transformations
 held fixed (BN in training mode on those samples): every eigenvalue, the spread of ``log10 |lambda|``, the
-gradient-Newton angle over a log grid of ``mu``, and the off-diagonal share over the parameter arrays as
-blocks, each block scaled by its two diagonal blocks (:func:`analysis.spectrum.block_coupling`).
+gradient-Newton angle over a log grid of ``mu``, and the Fisher (Gauss-Newton) matrix's off-diagonal share over
+the parameter arrays as blocks, each scaled by its diagonal blocks (:func:`analysis.spectrum.block_coupling`).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -76,29 +77,42 @@ def load_images(config: Config) -> tuple[np.ndarray, np.ndarray]:
 
 def variant_model(variant: str):
     """The preset of a variant; the three shortcut nets share one architecture (``transform``)."""
-    if variant == "batchnorm":
-        return fflab.classifier("tanh", "batchnorm")
-    return fflab.classifier("tanh", "transform", transform_gamma=variant == "transform_gamma")
+    return fflab.classifier("tanh", "batchnorm" if variant == "batchnorm" else "transform",
+                            transform_gamma=variant == "transform_gamma")
 
 
 def training_loss(variant: str):
     """``plain`` trains the shortcut net at its initial (zero) transformations: the loss that never updates them."""
-    return variant_model(variant).eval_loss_fn if variant == "plain" else variant_model(variant).loss_fn
+    return variant_model("transform").eval_loss_fn if variant == "plain" else variant_model(variant).loss_fn
 
 
 def hessian_loss(variant: str):
-    """``loss(params, model_state, x, y)`` at fixed state: the transformations held, BN on the batch's statistics."""
-    model = variant_model(variant)
+    """``loss(params, model_state, x, y)`` at fixed state: the transformations held, BN on the batch's statistics.
+    (The shortcut nets' evaluation loss does not depend on gamma's option: one function, one compiled program.)"""
+    model = variant_model("batchnorm" if variant == "batchnorm" else "transform")
     return train.freeze(model.loss_fn if variant == "batchnorm" else model.eval_loss_fn)
 
 
+def logits(params, state_and_x, *, variant: str):
+    """The output function of the Fisher matrix: logits of ``state_and_x = (model_state, x)``, BN on the batch."""
+    return variant_model(variant).apply(params, *state_and_x, train=variant == "batchnorm")[0]
+
+
+_SHORTCUT_LOGITS, _BN_LOGITS = (functools.partial(logits, variant=k) for k in ("transform", "batchnorm"))
+
+
 def hessian_at(variant: str, params, model_state, x, y):
-    """Dense Hessian ``(P, P)``, flat gradient ``(P,)``, loss, and the float64 params (under ``enable_x64``)."""
+    """Dense Hessian and Fisher (Gauss-Newton) matrices ``(P, P)``, flat gradient ``(P,)``, loss, and the
+    float64 params (under ``enable_x64``)."""
     params, model_state, x = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, model_state, x))
     loss_fn, y = hessian_loss(variant), jnp.asarray(y)
     H = analysis.hessian(loss_fn, params, model_state, x, y)
+    ggn, dim = analysis.hessian_operator(None, params, (model_state, x), y, curvature="ggn",
+                                         output_fn=_BN_LOGITS if variant == "batchnorm" else _SHORTCUT_LOGITS,
+                                         loss=fflab.losses.cross_entropy)
+    F = jax.lax.map(ggn, jnp.eye(dim), batch_size=64)
     loss, g = jax.jit(jax.value_and_grad(loss_fn))(params, model_state, x, y)
-    return np.asarray(H), np.asarray(ravel_pytree(g)[0]), float(loss), params
+    return np.asarray(H), np.asarray(F), np.asarray(ravel_pytree(g)[0]), float(loss), params
 
 
 def newton_angles(eigs: np.ndarray, g_eig: np.ndarray, mus: np.ndarray) -> np.ndarray:
@@ -110,15 +124,16 @@ def newton_angles(eigs: np.ndarray, g_eig: np.ndarray, mus: np.ndarray) -> np.nd
     return np.degrees(2 * np.arctan2(np.linalg.norm(u - v, axis=1), np.linalg.norm(u + v, axis=1)))
 
 
-def analyse(H, g, blocks, mus, keep: int) -> dict:
-    """Spectrum summaries, block coupling and gradient-Newton angles of one Hessian ``(P, P)``."""
+def analyse(H, F, g, blocks, mus, keep: int) -> dict:
+    """Spectrum summaries, gradient-Newton angles of one Hessian ``(P, P)``; block coupling of it and the Fisher."""
     eigs, U = spectrum.eigh(H)
-    s = spectrum.summarize(eigs)
+    s, dd = spectrum.summarize(eigs), spectrum.diagonal_dominance
     by_mag = eigs[np.argsort(-np.abs(eigs), kind="stable")]  # largest |lambda| first, as Vatanen et al. plot
     ranks = np.unique(np.round(np.linspace(0, eigs.size - 1, min(keep, eigs.size))).astype(int))
     return {"P": int(eigs.size), "summary": s._asdict(), "spread_log10_std": s.log10_std, "eig_ranks": ranks,
-            "eig_values": by_mag[ranks], "block_share_scaled": spectrum.diagonal_dominance(H, blocks, scaled=True),
-            "block_share": spectrum.diagonal_dominance(H, blocks), "share": spectrum.diagonal_dominance(H),
+            "eig_values": by_mag[ranks], "fisher_blocks_scaled": dd(F, blocks, scaled=True),
+            "hessian_blocks_scaled": dd(H, blocks, scaled=True), "hessian_blocks": dd(H, blocks),
+            "hessian_elements": dd(H),
             "angles": newton_angles(eigs, U.T @ g, mus)}
 
 
@@ -141,8 +156,8 @@ def run_variant(variant: str, config: Config, x, y) -> dict:
     out = {"train_error": fit.history["train_error"], "checkpoints": {}}
     with jax.enable_x64(True):
         for epoch in sorted(taken):
-            H, g, loss, p64 = hessian_at(variant, *taken[epoch], x[: config.n_hessian], y[: config.n_hessian])
-            out["checkpoints"][epoch] = {**analyse(H, g, spectrum.param_blocks(p64), mus, config.keep_eigs),
+            H, F, g, loss, p64 = hessian_at(variant, *taken[epoch], x[: config.n_hessian], y[: config.n_hessian])
+            out["checkpoints"][epoch] = {**analyse(H, F, g, spectrum.param_blocks(p64), mus, config.keep_eigs),
                                          "loss": loss}
     return out
 
@@ -157,14 +172,13 @@ def main(config: Config, out_dir) -> dict:
         return [float(runs[v]["checkpoints"][str(e)][key]) for e in epochs]
 
     # Angles compared where H + mu I is positive definite for every variant at that checkpoint.
-    angle = {v: [] for v in VARIANTS}
-    for e in epochs:
-        ok = mus > max(-runs[v]["checkpoints"][str(e)]["summary"]["lambda_min"] for v in VARIANTS)
-        for v in VARIANTS:
-            angle[v].append(float(np.mean(np.asarray(runs[v]["checkpoints"][str(e)]["angles"], float)[ok])))
+    ok = {e: mus > max(-runs[v]["checkpoints"][str(e)]["summary"]["lambda_min"] for v in VARIANTS) for e in epochs}
+    angle = {v: [float(np.mean(np.asarray(runs[v]["checkpoints"][str(e)]["angles"], float)[ok[e]])) for e in epochs]
+             for v in VARIANTS}
     table = {v: {"P": runs[v]["checkpoints"][str(epochs[-1])]["P"], "spread": per("spread_log10_std", v),
-                 "angle": angle[v], "block_share_scaled": per("block_share_scaled", v),
-                 "block_share": per("block_share", v), "share": per("share", v)} for v in VARIANTS}
+                 "angle": angle[v], **{k: per(k, v) for k in ("fisher_blocks_scaled", "hessian_blocks_scaled",
+                                                               "hessian_blocks", "hessian_elements")}}
+             for v in VARIANTS}
 
     def lower(key, v):  # smaller than plain's at every checkpoint; the margin is the closest call
         return _common.both(*(_common.below(a, b) for a, b in zip(table[v][key], table["plain"][key], strict=True)))
@@ -173,14 +187,11 @@ def main(config: Config, out_dir) -> dict:
                        "log10|lambda|) at every checkpoint",
              "angle": "gradient descent is closer to Newton with {v}: smaller angle between g and (H + mu I)^-1 g "
                       "(mean over the mu where H + mu I is positive definite for every variant), at every checkpoint",
-             "block_share_scaled": "the Hessian is closer to a diagonal with {v}: smaller off-diagonal share over the "
-                                   "parameter arrays as blocks, each scaled by its two diagonal blocks, at every "
-                                   "checkpoint"}
-    claims = []
-    for key, text in texts.items():
-        for v in VARIANTS[1:]:
-            claims.append(_common.claim(text.format(v=v), {"plain": table["plain"][key], v: table[v][key]},
-                                        lower(key, v)))
+             "fisher_blocks_scaled": "the Fisher matrix (Raiko et al.; the lecture says Hessian) is closer to a "
+                                     "diagonal with {v}: smaller off-diagonal share over the parameter arrays as "
+                                     "blocks, each scaled by its two diagonal blocks, at every checkpoint"}
+    claims = [_common.claim(text.format(v=v), {"plain": table["plain"][key], v: table[v][key]}, lower(key, v))
+              for key, text in texts.items() for v in VARIANTS[1:]]
     sizes = [x.shape[1], *config.hidden, 10]
     notes = (f"{config.dataset} images shrunk to {config.image_side}x{config.image_side} (MNIST is not available "
              f"here), tanh MLP {sizes}, {config.n_train} training samples, SGD lr {config.learning_rate:g}, batch "
@@ -189,7 +200,10 @@ def main(config: Config, out_dir) -> dict:
              f"never estimated; batch norm has no shortcuts ({table['batchnorm']['P']} parameters). The Hessian is "
              f"of the mean cross-entropy on the first {config.n_hessian} training samples, in float64. Spread = std "
              "of log10|lambda| over |lambda| > 1e-6 max|lambda|. Spread and the unscaled shares change under a "
-             "rescaling of the parameters (gamma is one); the block share scaled by the diagonal blocks does not.")
+             "rescaling of the parameters (gamma is one); the block share scaled by the diagonal blocks does not. "
+             "Last checkpoint's Hessian shares (blocks scaled / blocks / elements): " + "; ".join(
+                 f"{v} " + " / ".join(f"{table[v][k][-1]:.3f}" for k in ("hessian_blocks_scaled", "hessian_blocks",
+                                                                          "hessian_elements")) for v in VARIANTS) + ".")
     payload = _common.save(NAME, config, {"mus": mus, "epochs": epochs, "table": table, "runs": runs}, claims,
                            out_dir, notes=notes)
     plot(payload, out_dir)
@@ -209,18 +223,22 @@ def plot(payload: dict, out_dir) -> None:
     for v in VARIANTS:
         c = r["runs"][v]["checkpoints"][e]
         rank = np.asarray(c["eig_ranks"], float) / (c["P"] - 1)
-        axes[0].semilogy(rank, np.maximum(np.abs(np.asarray(c["eig_values"], float)), 1e-12), color=_COLORS[v],
+        mags = np.abs(np.asarray(c["eig_values"], float))
+        axes[0].semilogy(rank, np.maximum(mags / mags[0], 1e-14), color=_COLORS[v],
                          label=f"{_LABELS[v]}: spread {c['spread_log10_std']:.2f}")
         pd = mus > -c["summary"]["lambda_min"]
         axes[1].semilogx(mus[pd], np.asarray(c["angles"], float)[pd], "o-", ms=3, color=_COLORS[v], label=_LABELS[v])
-        for ax, key in zip(axes[2:], ("spread", "angle"), strict=True):
+        for ax, key in zip(axes[2:], ("spread", "fisher_blocks_scaled"), strict=True):
             ax.plot(r["epochs"], t[v][key], "o-", color=_COLORS[v])
     axes[0].set(title=f"(a) Hessian |eigenvalues| after epoch {e}, largest first", xlabel="rank / number of "
-                "parameters", ylabel="|eigenvalue|", ylim=(1e-8, None))
+                "parameters", ylabel="|eigenvalue| / largest", ylim=(1e-9, 1.5))
     axes[1].set(title="(b) angle between g and (H + mu I)^-1 g", xlabel="mu (where H + mu I is positive definite)",
                 ylabel="degrees", ylim=(0, None))
-    axes[2].set(title="(c) spread: std of log10|lambda|", xlabel="epoch", xscale="log")
-    axes[3].set(title="(d) mean angle (degrees)", xlabel="epoch", xscale="log")
+    axes[2].set(title="(c) spread: std of log10|lambda|", xlabel="epoch")
+    axes[3].set(title="(d) Fisher: off-block-diagonal share (scaled)", xlabel="epoch")
+    for ax in axes[2:]:
+        ax.set(xscale="log", xticks=r["epochs"], xticklabels=[str(k) for k in r["epochs"]])
+        ax.minorticks_off()
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     fig.suptitle(f"Vatanen et al.'s analysis: every eigenvalue of the Hessian ({payload['config']['n_hessian']} "
