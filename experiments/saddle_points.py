@@ -113,13 +113,13 @@ def _lbfgs(loss, params, x, y, *, steps):
 
 
 def critical_points(loss, starts, args, *, method, max_iter, grad_tol, dims=None) -> tuple[list[dict], int]:
-    """The distinct critical points the root finder reaches from ``starts`` (each with the spectrum of the leading
+    """The distinct critical points the root finder (``method``, or one per start) reaches from ``starts`` (each with
+    the spectrum of the leading
     ``dims x dims`` Hessian block, its kind and index), and how many searches converged. Equal loss and spectrum
     make one point (or its copy under a network symmetry), kept once in loss order, counting its ``copies``."""
-    found = []
-    for p0 in starts:
-        res = analysis.critical.find_critical_point(loss, p0, *args, method=method, max_iter=max_iter,
-                                                    grad_tol=grad_tol)
+    found, methods = [], [method] * len(starts) if isinstance(method, str) else method
+    for p0, how in zip(starts, methods, strict=True):
+        res = analysis.critical.find_critical_point(loss, p0, *args, method=how, max_iter=max_iter, grad_tol=grad_tol)
         if res.converged:
             eigs = analysis.spectrum.eigenvalues(analysis.hessian(loss, res.params, *args)[:dims, :dims])
             c = analysis.critical.classify(eigs)
@@ -167,8 +167,8 @@ def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
         *[claim(f"{who}: started {min(config.escape_deltas):g} from each of the {len(esc['saddles'])} most unstable "
                 f"saddles, {m} leaves it in fewer steps than plain GD (median of {config.escape_seeds} seeds; margin: "
                 "the smallest relative speed-up)", speed[m], (min(speed[m].values()) > 0, min(speed[m].values())))
-          for who, m in (("lecture: noisy gradient g helps escape saddles", "SGD"),
-                         ("Ge et al. 2015: noise helps escape saddles", "GD + noise"))],
+          for who, m in (("noisy gradient g helps escape saddles (lecture)", "SGD"),
+                         ("noise helps escape saddles (Ge et al. 2015)", "GD + noise"))],
         claim("low dimension: local minima are common: over 10% of the critical points of a random function of "
               f"d = {', '.join(map(str, low))} variables are minima, and more than 2", {d: share[d] for d in low},
               _common.both(*[_common.above(share[d], 0.1) if n_min[d] > 2 else (False, -1.0) for d in low])),
@@ -204,8 +204,9 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         trained = _lbfgs(loss, jax.tree.map(lambda *a: jnp.stack(a), *[r.state.params for r in runs]), x, y,
                          steps=config.lbfgs_steps)
         seeds = [r.snapshots[e] for r in runs for e in record] + [train.lane(trained, t) for t in range(len(runs))]
-        points, converged = critical_points(loss, seeds, (x, y), method="gradnorm", max_iter=config.max_iter,
-                                            grad_tol=config.grad_tol)
+        points, converged = critical_points(  # Newton polishes the L-BFGS ends into their minima
+            loss, seeds, (x, y), method=["gradnorm"] * (len(seeds) - len(runs)) + ["newton"] * len(runs),
+            max_iter=config.max_iter, grad_tol=config.grad_tol)
         loss_v = np.array([p["loss"] for p in points])
         minima = np.array([p["loss"] for p in points if p["n_negative"] == 0])
         rho, p_value = stats.spearmanr([p["index"] for p in points], loss_v)
@@ -216,11 +217,13 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         saddles = saddles[: config.escape_saddles]
         per_example = jax.jit(jax.vmap(lambda p, xi, yi: ravel_pytree(jax.grad(loss)(p, xi[None], yi[None]))[0],
                                        in_axes=(None, 0, 0)))
-        for s in saddles:  # the share of the minibatch noise (per-example gradient variance) along escape directions
+        for s in saddles:  # shares of the minibatch noise (per-example gradient variance) along escape directions
             g = np.asarray(per_example(s["params"], x, y))
             g = g - g.mean(0)
-            vecs = analysis.spectrum.eigh(analysis.hessian(loss, s["params"], x, y))[1][:, : s["n_negative"]]
-            s["noise_share"] = float(np.sum((g @ vecs) ** 2) / np.sum(g**2))
+            eigs, vecs = analysis.spectrum.eigh(analysis.hessian(loss, s["params"], x, y))
+            fastest = int(np.sum(eigs <= eigs[0] * (1 - 1e-6)))  # the eigenspace of lambda_min (often degenerate)
+            s["noise_share"], s["noise_share_fastest"] = (float(np.sum((g @ vecs[:, :k]) ** 2) / np.sum(g**2))
+                                                          for k in (s["n_negative"], fastest))
         lanes = [(s, d) for s in range(len(saddles)) for d in config.escape_deltas for _ in range(config.escape_seeds)]
         centre = np.stack([_common.host_flat(saddles[s]["params"]) for s, _ in lanes])
         u = np.random.default_rng(config.seed).standard_normal(centre.shape)
@@ -282,7 +285,8 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
                 "minima_losses": minima, "minima_spread_ratio": np.ptp(minima) / np.ptp(loss_v) if minima.size > 1
                 else np.nan, "points": [{**{k: p[k] for k in ("loss", "kind", "index", "n_negative", "lambda_min",
                 "copies")}, "flat_params": _common.host_flat(p["params"])} for p in points]},
-        "escape": {"saddles": [{**{k: s[k] for k in ("loss", "index", "lambda_min", "noise_share")},
+        "escape": {"saddles": [{**{k: s[k] for k in ("loss", "index", "lambda_min", "noise_share",
+                                                     "noise_share_fastest")},
                                 "flat_params": _common.host_flat(s["params"])} for s in saddles],
                    "deltas": config.escape_deltas, "tick": tick, "steps": escape, "median": median,
                    "speedup_at_closest": speedup, "start": begin},
@@ -295,12 +299,17 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         "as readily as minima, so the saddle/minimum count reflects the search as well as the landscape. Escape: "
         f"{config.escape_seeds} random directions per delta, rate {config.sgd_lr:g}, {config.escape_steps} steps, SGD "
         f"batch {config.batch_size}, noise N(0, {config.escape_noise:g}^2) per gradient coordinate; escaped when the "
-        f"loss fell {config.escape_drop:g} of the way to the best minimum (checked every {tick} steps). noise_share: "
-        "the share of the minibatch gradient's variance along the saddle's negative-curvature directions; it is ~0 "
-        "where hidden units coincide (every example's gradient keeps the symmetry), and there SGD escapes no faster "
-        f"than GD. Fields: {config.field_features} random Fourier features, {config.field_starts} searches per d in "
+        f"loss fell {config.escape_drop:g} of the way to the best minimum (checked every {tick} steps). noise_share "
+        "(_fastest): the share of the minibatch gradient's variance along all negative-curvature directions (along "
+        f"the eigenspace of lambda_min); here at most {max(s['noise_share_fastest'] for s in saddles):.0e} along the "
+        "fastest (per-example gradients keep the symmetry among hidden units that makes lambda_min degenerate), so "
+        "minibatch noise pushes only along slower escape directions, and where those carry none either SGD escapes "
+        "no faster than GD. Fields: "
+        f"{config.field_features} random Fourier features, {config.field_starts} searches per d in "
         f"a box of volume {config.field_volume:g}; random-field theory: minima are 1/2 of the critical points for d = "
-        "1, 1/4 for d = 2 (saddles = minima + maxima there), exponentially few as d grows (Bray & Dean 2007).")
+        "1, 1/4 for d = 2 (saddles = minima + maxima there), exponentially few as d grows (Bray & Dean 2007). "
+        "Fails on this run: " + ("; ".join(c["text"].split(":")[0] for c in claim_list if not c["holds"])
+                                 or "none") + ".")
     payload = _common.save(NAME, config, r, claim_list, out_dir, checks=checks, notes=notes)
     plot(payload, out_dir)
     return payload
@@ -337,7 +346,8 @@ def plot(payload: dict, out_dir) -> None:
             ax_esc.plot(e["deltas"], row, "-", marker=marker, color=color, alpha=0.8, label=m if s == 0 else None)
     for s, marker in zip(e["saddles"], "osD^v<>", strict=False):
         ax_esc.plot([], [], marker, color="0.5", ls="none", label=f"saddle at loss {s['loss']:.3f}: lambda_min "
-                    f"{s['lambda_min']:.1e},\nminibatch noise share {s['noise_share']:.0e}")
+                    f"{s['lambda_min']:.1e},\nminibatch noise share {s['noise_share']:.0e} "
+                    f"({s['noise_share_fastest']:.0e} along it)")
     ax_esc.axhline(budget, color="0.5", ls=":", label=f"budget, {budget} steps\n(above: not escaped)")
     ax_esc.set(xscale="log", xlabel="distance delta of the start from the saddle", ylabel="steps to escape (median)",
                title="escaping saddles: plain GD, minibatch SGD, GD + isotropic noise")

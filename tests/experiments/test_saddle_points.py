@@ -138,7 +138,8 @@ def test_quick_net_points_against_jax_hessian_and_the_claims(quick):
     held = {c["text"].split(":")[0]: c["holds"] for c in quick["claims"]}
     assert held == {"Dauphin et al. 2014": True, "Choromanska et al. 2015": True,
                     "saddle points outnumber minima among the critical points found in the net": True,
-                    "lecture": False, "Ge et al. 2015": True, "low dimension": True, "high dimension": True}
+                    "noisy gradient g helps escape saddles (lecture)": False,
+                    "noise helps escape saddles (Ge et al. 2015)": True, "low dimension": True, "high dimension": True}
     assert all(c["holds"] for c in quick["checks"])
 
 
@@ -171,6 +172,8 @@ def test_quick_escape_reruns_by_hand_and_noise_share(quick):
         g = g - g.mean(0)
         share = np.sum((g @ vecs[:, eigs < 0]) ** 2) / np.sum(g**2)
         assert share == pytest.approx(saddle["noise_share"], abs=1e-3)
+        fastest = np.sum((g @ vecs[:, eigs <= eigs[0] * (1 - 1e-6)]) ** 2) / np.sum(g**2)
+        assert fastest == pytest.approx(saddle["noise_share_fastest"], abs=1e-10)
     # Minibatch noise does not help where it has no component along the escape directions, and noise helps
     # everywhere: the measured speed-ups behind the two escape claims.
     for saddle, sgd, noisy in zip(e["saddles"], *e["speedup_at_closest"].values(), strict=True):
