@@ -19,7 +19,7 @@ _FUNCTIONS = {
     "spectral_density": "density",
     "trace": "density",
 }
-_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "sharding", "plots")
+_MODULES = ("curvature", "krylov", "density", "spectrum", "critical", "landscape", "sharding", "plots", "sharpness")
 
 __all__ = sorted([*_FUNCTIONS, *_MODULES])
 

@@ -70,6 +70,15 @@ def _is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+# Raised when a check reads a value on the host inside a caller's trace (concrete inputs, but a jit, vmap or
+# scan around the call: every result is then a tracer). The check is then skipped, as for traced inputs.
+_UNDER_TRACE = (
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.ConcretizationTypeError,
+)
+
+
 def _finite(tree):
     """One flag per floating leaf of ``tree``: all entries finite (a single ``True`` if there are none)."""
     leaves = jax.tree_util.tree_leaves(tree)
@@ -95,7 +104,10 @@ def _check_finite(what: str, tree) -> None:
             leaves.append(leaf)
     if not leaves:
         return
-    ok = np.asarray(_finite_flags(leaves))
+    try:
+        ok = np.asarray(_finite_flags(leaves))
+    except _UNDER_TRACE:
+        return
     if not ok.all():
         bad = jax.tree_util.keystr(paths[int(np.argmin(ok))])
         raise ValueError(f"{what} contains NaN or inf (first at {what}{bad})")
@@ -280,7 +292,10 @@ def hvp(loss_fn: Callable, params: Any, v: Any, *args: Any) -> Any:
     # One compiled program computes the product and the finiteness flags of every input; one small
     # transfer reads the flags. (Checking first would cost a second dispatch and a second sync.)
     out, flags = _hvp_checked(loss_fn, params, v, args)
-    flags = np.asarray(flags)
+    try:
+        flags = np.asarray(flags)
+    except _UNDER_TRACE:  # concrete inputs inside a caller's trace
+        return out
     if not flags.all():
         for what, tree in (("params", params), ("args", args)):
             _check_finite(what, tree)
@@ -509,7 +524,11 @@ def hessian_operator(
             if not _is_traced((params, args)):
                 want, got = jax.jit(loss_fn)(params, *args), jax.jit(composed)(params, *args)
                 rtol = float(jnp.sqrt(jnp.finfo(jnp.result_type(want, got)).eps))
-                if not jnp.allclose(want, got, rtol=rtol, atol=0.0):
+                try:
+                    same = bool(jnp.allclose(want, got, rtol=rtol, atol=0.0))
+                except _UNDER_TRACE:  # concrete inputs inside a caller's trace
+                    same = True
+                if not same:
                     raise ValueError(
                         f"loss_fn(params, *args) = {float(want)} but loss(output_fn(params, x), *targets) = "
                         f"{float(got)}: the GGN would linearise a different loss"

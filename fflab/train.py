@@ -31,6 +31,10 @@ The pieces, each usable alone:
   loss with :class:`NonFiniteLossError` naming the epoch and step.
 - :func:`lanes` and :func:`lane`: one training state per hyperparameter value, trained together by a
   vmapped epoch (``make_train_epoch(..., lanes=True)``) at the cost of one compilation.
+- A :class:`Monitor` measures something every ``every`` steps from inside the compiled epoch (under
+  ``lax.cond``, so the other steps pay nothing), carrying its own state from record to record; ``fit(...,
+  monitor=...)`` puts its records into the history. fflab defines the protocol only: the sharpness tracker
+  of Cohen et al. (2021) is :func:`analysis.sharpness.tracker`.
 
 Data-parallel training over several devices: pass ``mesh`` (``analysis.data_mesh(n)``, a ``jax.sharding.Mesh``
 with a ``"data"`` axis); each mini-batch is split across that axis, the parameters are replicated, and
@@ -51,6 +55,8 @@ References:
     Kingma & Ba (2015), Adam: a method for stochastic optimization.
     Loshchilov & Hutter (2017), SGDR: stochastic gradient descent with warm restarts (cosine schedule).
     Pascanu, Mikolov & Bengio (2013), On the difficulty of training recurrent neural networks (clipping).
+    Cohen, Kaur, Li, Kolter & Talwalkar (2021), Gradient descent on neural networks typically occurs at the
+    edge of stability. ICLR (sharpness measured every k steps during training, what monitors are for).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +83,7 @@ __all__ = [
     "SCHEDULES",
     "EpochStats",
     "FitResult",
+    "Monitor",
     "NonFiniteLossError",
     "TrainState",
     "evaluate",
@@ -125,11 +132,42 @@ class EpochStats(NamedTuple):
         grad_norm: global L2 norm of that mini-batch gradient (before clipping or decay); NaN when the
             epoch was built with ``record_grad_norm=False``.
         learning_rate: the learning rate the step used (NaN if the optimiser does not expose one).
+        records: ``None`` without a monitor; with one, ``{name: (steps,)}`` of the monitor's records, in the
+            loss's dtype, at the steps it measured (``step % monitor.every == 0``) and NaN at the others.
     """
 
     loss: jax.Array
     grad_norm: jax.Array
     learning_rate: jax.Array
+    records: dict[str, jax.Array] | None = None
+
+
+class Monitor(Protocol):
+    """What training measures every ``every`` steps from inside the compiled epoch.
+
+    A monitor is a pytree: its arrays (a data subset, a key) are leaves, so they enter the compiled epoch as
+    arguments, and its settings are static (e.g. a dataclass registered with
+    ``jax.tree_util.register_dataclass``). Its state (e.g. the last eigenvector, for a warm start) is passed
+    in and returned like the training state. At global step ``t`` with ``t % every == 0`` the epoch calls
+    ``monitor(monitor_state, view)`` under ``lax.cond`` (the other steps skip it), where ``view`` is a
+    :class:`TrainState` with the parameters the step starts from (those its loss and gradient are taken at),
+    the optimiser state *after* the step's update (which holds the preconditioner the update used, e.g.
+    Adam's ``nu``), ``step = t`` (updates before this one), and the model state before the step. The
+    records are scalars; fflab stores them in
+    :attr:`EpochStats.records` and :func:`fit` in its history. fflab does not import :mod:`analysis`: build
+    the monitor there (:func:`analysis.sharpness.tracker`) and pass it in.
+
+    Attributes:
+        every: record every ``every`` optimiser steps, starting with step 0 (the initial parameters).
+    """
+
+    every: int
+
+    def init(self, state: TrainState) -> Any:
+        """The monitor's first state for a training state (vmap it over a stack of :func:`lanes`)."""
+
+    def __call__(self, monitor_state: Any, view: TrainState) -> tuple[Any, dict[str, jax.Array]]:
+        """``(new monitor state, {name: scalar})`` at one step; must be traceable."""
 
 
 class FitResult(NamedTuple):
@@ -410,7 +448,8 @@ def make_train_epoch(
     mesh: Mesh | None = None,
     record_grad_norm: bool = True,
     lanes: bool = False,
-) -> Callable[..., tuple[TrainState, EpochStats]]:
+    monitor: Monitor | None = None,
+) -> Callable[..., tuple]:
     """The jitted function that trains one epoch.
 
     Args:
@@ -426,6 +465,10 @@ def make_train_epoch(
             trains identically.
         lanes: train a stack of states (:func:`lanes`) together, one lane per leading index, on the same
             mini-batches (``jax.vmap`` over the state).
+        monitor: a :class:`Monitor` to run every ``monitor.every`` steps inside the epoch (e.g.
+            :func:`analysis.sharpness.tracker`); the epoch then takes and returns its state, see Returns. With
+            ``lanes`` each lane has its own monitor state (``jax.vmap(monitor.init)(states)``), the lanes
+            share the monitor's data, and all lanes measure at the same steps.
 
     Returns:
         ``train_epoch(state, *data) -> (state, stats)`` with every data array on device and sharing the
@@ -434,13 +477,60 @@ def make_train_epoch(
         the state with ``epoch + 1`` and the per-step :class:`EpochStats` (with a leading lane axis when
         ``lanes``). It compiles once per data shape and dtype, and equal arguments return the same
         function, so its compiled programs are reused.
+
+        With a monitor: ``train_epoch(state, monitor_state, *data) -> (state, monitor_state, stats)``,
+        starting from ``monitor_state = monitor.init(state)``; ``stats.records`` holds the records. It
+        compiles once per monitor configuration (the monitor's static settings) and data shapes.
+
+    Example::
+
+        tracker = analysis.sharpness.tracker(loss_fn, (x[:500], y[:500]), every=20, key=jax.random.key(1))
+        epoch = train.make_train_epoch(opt, loss_fn=loss_fn, batch_size=len(x), monitor=tracker)
+        state, tracked = train.init_state(params, opt, key), None
+        tracked = tracker.init(state)
+        for _ in range(100):
+            state, tracked, stats = epoch(state, tracked, x, y)  # stats.records["sharpness"]
     """
     _check_loss_fn(loss_fn)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     _check_mesh(mesh, batch_size)
-    return _train_epoch(optimizer, loss_fn, batch_size, mesh, bool(record_grad_norm), bool(lanes))
+    if monitor is None:
+        return _train_epoch(optimizer, loss_fn, batch_size, mesh, bool(record_grad_norm), bool(lanes))
+    _check_monitor(monitor)
+    epoch = _train_epoch(optimizer, loss_fn, batch_size, mesh, bool(record_grad_norm), bool(lanes), True)
+    return functools.partial(epoch, monitor)
+
+
+def _check_monitor(monitor) -> None:
+    every = getattr(monitor, "every", None)
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
+        raise ValueError(f"monitor.every must be a positive integer, got {every!r}")
+    if not (callable(monitor) and callable(getattr(monitor, "init", None))):
+        raise ValueError(
+            "a monitor needs init(state) and __call__(monitor_state, view) (train.Monitor), got "
+            f"{type(monitor).__name__}"
+        )
+
+
+def _observe(monitor, monitor_state, view: TrainState, dtype):
+    """The monitor's records at ``view.step`` if it is due there (``lax.cond``), else NaNs of the same shapes."""
+
+    def measure(operands):
+        old, view = operands
+        new, records = monitor(old, view)
+        # Same types as the state that came in, so that both branches (and the scan carry) agree.
+        new = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), new, old)
+        return new, {name: jnp.asarray(value, dtype) for name, value in records.items()}
+
+    operands = (monitor_state, view)
+    shapes = jax.eval_shape(measure, operands)[1]
+
+    def skip(operands):
+        return operands[0], {name: jnp.full(s.shape, jnp.nan, s.dtype) for name, s in shapes.items()}
+
+    return jax.lax.cond(view.step % monitor.every == 0, measure, skip, operands)
 
 
 def _stateful(loss_fn: Callable, has_state: bool) -> Callable:
@@ -455,17 +545,21 @@ def _stateful(loss_fn: Callable, has_state: bool) -> Callable:
 
 
 @functools.lru_cache(maxsize=64)
-def _train_epoch(optimizer, loss_fn, batch_size, mesh, record_grad_norm, lanes):
+def _train_epoch(optimizer, loss_fn, batch_size, mesh, record_grad_norm, lanes, monitored=False):
     """:func:`make_train_epoch` after its checks, memoised so that equal arguments share compiled programs."""
     split = NamedSharding(mesh, PartitionSpec("data")) if mesh is not None else None
 
-    def train_epoch(state: TrainState, *batch_data) -> tuple[TrainState, EpochStats]:
+    def run(state: TrainState, batch_data, monitor=None, monitor_state=None, first_step=None):
         grad_fn = jax.value_and_grad(_stateful(loss_fn, state.model_state is not None), has_aux=True)
         n = batch_data[0].shape[0]
         idx = data.batch_indices(jax.random.fold_in(state.key, state.epoch), n, batch_size)
 
-        def step(carry, batch):
-            params, opt_state, model_state = carry
+        def step(carry, xs):
+            if monitor is None:
+                (params, opt_state, model_state), batch = carry, xs
+            else:
+                (params, opt_state, model_state, monitor_state), (i, batch) = carry, xs
+                before = (params, model_state)
             batch = tuple(jnp.take(a, batch, axis=0) for a in batch_data)
             if split is not None:
                 batch = tuple(jax.lax.with_sharding_constraint(a, split) for a in batch)
@@ -474,14 +568,36 @@ def _train_epoch(optimizer, loss_fn, batch_size, mesh, record_grad_norm, lanes):
             params = optax.apply_updates(params, updates)
             lr = learning_rate(opt_state).astype(loss.dtype)
             grad_norm = optax.tree.norm(grads) if record_grad_norm else jnp.full((), jnp.nan)
-            stats = EpochStats(loss, grad_norm.astype(loss.dtype), lr)
-            return (params, opt_state, model_state), stats
+            if monitor is None:
+                stats = EpochStats(loss, grad_norm.astype(loss.dtype), lr)
+                return (params, opt_state, model_state), stats
+            # The step's parameters and model state, and the optimiser state after its update (Monitor).
+            view = TrainState(before[0], opt_state, first_step + i, state.epoch, state.key, before[1])
+            monitor_state, records = _observe(monitor, monitor_state, view, loss.dtype)
+            stats = EpochStats(loss, grad_norm.astype(loss.dtype), lr, records)
+            return (params, opt_state, model_state, monitor_state), stats
 
-        carry = (state.params, state.opt_state, state.model_state)
-        (params, opt_state, model_state), stats = jax.lax.scan(step, carry, idx)
+        if monitor is None:
+            carry, xs = (state.params, state.opt_state, state.model_state), idx
+        else:
+            carry = (state.params, state.opt_state, state.model_state, monitor_state)
+            xs = (jnp.arange(idx.shape[0], dtype=state.step.dtype), idx)
+        carry, stats = jax.lax.scan(step, carry, xs)
         steps = state.step + idx.shape[0]
-        new = TrainState(params, opt_state, steps, state.epoch + 1, state.key, model_state)
-        return new, stats
+        new = TrainState(*carry[:2], steps, state.epoch + 1, state.key, carry[2])
+        return (new, stats) if monitor is None else (new, carry[3], stats)
+
+    if monitored:
+        def monitored_epoch(monitor, state, monitor_state, *batch_data):
+            if lanes:  # the lanes take the same steps, so the step count (and lax.cond) stays unbatched
+                first = state.step[0]
+                return jax.vmap(lambda s, m: run(s, batch_data, monitor, m, first))(state, monitor_state)
+            return run(state, batch_data, monitor, monitor_state, state.step)
+
+        return jax.jit(monitored_epoch)
+
+    def train_epoch(state: TrainState, *batch_data) -> tuple[TrainState, EpochStats]:
+        return run(state, batch_data)
 
     if lanes:
         def lanes_epoch(states, *batch_data):
@@ -627,6 +743,7 @@ def fit(
     metadata: dict | None = None,
     progress: bool = True,
     record_grad_norm: bool = True,
+    monitor: Monitor | None = None,
 ) -> FitResult:
     """Train until ``state.epoch == epochs``, evaluating and checkpointing as asked.
 
@@ -669,6 +786,11 @@ def fit(
         progress: show a tqdm progress bar (on stderr).
         record_grad_norm: record the mini-batch gradient norms (:func:`make_train_epoch`); ``False``
             trains about 15% faster and leaves ``None`` in ``history["grad_norm"]``.
+        monitor: a :class:`Monitor` run every ``monitor.every`` steps inside the compiled epoch, e.g. the
+            sharpness tracker ``analysis.sharpness.tracker(loss_fn, (x_sub, y_sub), every=20, key=key)``.
+            Its state starts from ``monitor.init(state)`` at each call of ``fit`` and is not checkpointed (a
+            resumed run starts it afresh: for the tracker, one cold eigenvalue solve). Epochs without a due
+            step run the plain compiled epoch, so they cost what they cost without a monitor.
 
     Returns:
         :class:`FitResult` ``(state, history, snapshots)``. ``history`` maps each key to a list. One entry
@@ -677,7 +799,8 @@ def fit(
         ``train_seconds`` (the epoch's training steps; the first epoch also compiles) and
         ``eval_seconds`` (its evaluation, 0 when it had none). One entry per evaluated epoch:
         ``eval_epoch`` and ``{set}_{metric}`` for each set (``train``, ``test``, ``val``) and metric, e.g.
-        ``train_loss``, ``test_error``.
+        ``train_loss``, ``test_error``. With a monitor, one entry per record: ``monitor_step`` (the global
+        step it measured, before that step's update) and one key per record name (e.g. ``sharpness``).
 
     Raises:
         NonFiniteLossError: a mini-batch loss or gradient, or a parameter after an epoch, is NaN or
@@ -702,6 +825,13 @@ def fit(
     train_epoch = make_train_epoch(
         optimizer, loss_fn=loss_fn, batch_size=batch_size, mesh=mesh, record_grad_norm=record_grad_norm
     )
+    if monitor is not None:
+        # Epochs without a due step run the plain program: the monitored one reserves the monitor's temporaries
+        # on every call, which costs a short (e.g. full-batch, one-step) epoch noticeably.
+        monitored_epoch = make_train_epoch(
+            optimizer, loss_fn=loss_fn, batch_size=batch_size, mesh=mesh, record_grad_norm=record_grad_norm,
+            monitor=monitor,
+        )
     has_state = state.model_state is not None
     metrics = metrics_fn if metrics_fn is not None else _default_metrics(loss_fn, has_state)
     if mesh is not None:
@@ -709,6 +839,9 @@ def fit(
         state = jax.device_put(state, replicated)
         sets = {name: jax.device_put(arrays, replicated) for name, arrays in sets.items()}
     history = {k: list(v) for k, v in (history or {}).items()}
+    monitor_state = None if monitor is None else _strong(monitor.init(state))
+    if mesh is not None and monitor is not None:
+        monitor_state = jax.device_put(monitor_state, NamedSharding(mesh, PartitionSpec()))
     snapshot_epochs = {int(e) for e in snapshot_epochs}
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     last_good = ckpt if ckpt is not None and ckpt.exists() else None
@@ -726,8 +859,11 @@ def fit(
     try:
         for epoch in range(start + 1, epochs + 1):
             tic = time.perf_counter()
-            new, stats = train_epoch(state, *sets["train"])
-            stats = EpochStats(*(np.asarray(s) for s in stats))  # the one host sync per epoch
+            if monitor is not None and (-int(state.step)) % monitor.every < n // batch_size:  # a step is due
+                new, monitor_state, stats = monitored_epoch(state, monitor_state, *sets["train"])
+            else:
+                new, stats = train_epoch(state, *sets["train"])
+            stats = EpochStats(*(np.asarray(s) for s in stats[:3]), _host(stats.records))  # one host sync
             bad = ~np.isfinite(stats.loss)
             if record_grad_norm:
                 bad |= ~np.isfinite(stats.grad_norm)
@@ -749,6 +885,13 @@ def fit(
                 record["eval_seconds"] = time.perf_counter() - tic
             for k, v in record.items():
                 history.setdefault(k, []).append(v)
+            if stats.records is not None:
+                first = int(state.step) - len(stats.loss)  # state is the new one by now
+                for i in range(len(stats.loss)):
+                    if (first + i) % monitor.every == 0:
+                        history.setdefault("monitor_step", []).append(first + i)
+                        for name, values in stats.records.items():
+                            history.setdefault(name, []).append(float(values[i]))
             if ckpt is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
                 meta = {**(metadata or {}), "epoch": epoch, "history": history, "config": config}
                 checkpoint.save(ckpt, state, metadata=meta)

@@ -336,3 +336,21 @@ def test_wrt_validation():
     with pytest.raises(ValueError, match="same leaf of params twice"):
         analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: (p[1], p[1]["b"]))
     assert "unravel" in curvature.__all__
+
+
+def test_operator_inside_a_callers_jit_with_concrete_data():
+    # Data closed over by the caller's jit are concrete, yet every value there is traced: the checks step aside.
+    params, x, y = M.digits_mlp(20, sizes=(64, 4, 10))
+    v = jnp.ones(ravel_pytree(params)[0].size)
+
+    @jax.jit
+    def products(p):
+        matvec, _ = analysis.hessian_operator(M.loss_fn, p, x, y)
+        ggn, _ = analysis.hessian_operator(
+            M.loss_fn, p, x, y, curvature="ggn", output_fn=M.output_fn, loss=losses.cross_entropy
+        )
+        return matvec(v), ggn(v), M.flat(analysis.hvp(M.loss_fn, params, jax.tree.map(jnp.ones_like, p), x, y))
+
+    h, g, tree = products(params)
+    matvec, _ = analysis.hessian_operator(M.loss_fn, params, x, y)
+    assert rel_err(h, matvec(v)) < 1e-12 and rel_err(tree, matvec(v)) < 1e-12 and np.all(np.isfinite(g))

@@ -1,6 +1,8 @@
 """Training loop: optimiser recipes against optax, schedules against closed forms, learning, compile-once,
 bit-for-bit resume, and non-finite losses."""
 
+import dataclasses
+import functools
 import logging
 import math
 
@@ -619,3 +621,116 @@ def test_data_parallel_training_matches_one_device():
         # Same arithmetic up to the order of float32 sums across devices.
         np.testing.assert_allclose(four["params"], one["params"], rtol=2e-4, atol=2e-5, err_msg=kind)
         np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4, err_msg=kind)
+
+
+# --- monitors ---
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["x", "y"], meta_fields=["every"])
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ProbeMonitor:
+    """A monitor written by hand (fflab defines only the protocol): the loss on a fixed subset, how often it
+    ran, the step it saw, and the Adam step count of the optimiser state it saw."""
+
+    x: jax.Array
+    y: jax.Array
+    every: int
+
+    def init(self, state):
+        return jnp.zeros((), jnp.int32)
+
+    def __call__(self, calls, view):
+        (adam,) = [s for s in jax.tree.leaves(view.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+                   if isinstance(s, optax.ScaleByAdamState)]
+        records = {"probe_loss": MLP.loss_fn(view.params, self.x, self.y), "calls": calls + 1, "step": view.step,
+                   "adam_count": adam.count}
+        return calls + 1, records
+
+
+def test_monitor_records_every_k_steps_and_changes_nothing(synthetic):
+    x, y = synthetic.x_train, synthetic.y_train
+    monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=4)
+    opt = optax.adam(1e-2)
+    common = dict(epochs=3, batch_size=30, progress=False, **FIT)  # 10 steps per epoch
+    plain = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), **common)
+    seen = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), monitor=monitor, **common)
+    assert _tree_equal(plain.state, seen.state)
+    assert plain.history["batch_loss"] == seen.history["batch_loss"]
+    h = seen.history
+    assert h["monitor_step"] == list(range(0, 30, 4)) == h["step"]
+    assert h["calls"] == list(range(1, 9))  # lax.cond: the monitor runs at the due steps only
+    assert h["adam_count"] == [s + 1 for s in h["monitor_step"]]  # the optimiser state after the step's update
+    # The raw epoch: records at the due steps, NaN elsewhere; the monitor state goes in and comes out.
+    epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, monitor=monitor)
+    state = _state(opt, [8, 16, 4])
+    state, calls, stats = epoch(state, monitor.init(state), jnp.asarray(x), jnp.asarray(y))
+    assert int(calls) == 3 and set(stats.records) == {"probe_loss", "calls", "step", "adam_count"}
+    due = np.arange(10) % 4 == 0
+    assert np.all(np.isfinite(stats.records["probe_loss"][due])) and np.all(np.isnan(stats.records["calls"][~due]))
+    assert stats.records["probe_loss"].dtype == stats.loss.dtype
+    with pytest.raises(ValueError, match="monitor.every must be a positive integer"):
+        train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, monitor=_ProbeMonitor(x, y, every=0))
+
+
+def test_monitor_sees_the_parameters_of_its_step(synthetic, caplog):
+    # Full batch: one step per epoch, so the parameters before step t are the snapshot after epoch t.
+    x, y = synthetic.x_train, synthetic.y_train
+    monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=2)
+    opt = optax.adam(1e-2)
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        result = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), epochs=5, batch_size=300, monitor=monitor,
+                           snapshot_epochs=range(6), progress=False, **FIT)
+    # Epochs with a due step run the monitored program, the others the plain one; each compiles once.
+    for name in ("monitored_epoch", "train_epoch"):
+        assert len([r for r in caplog.records if f"Compiling jit({name})" in r.getMessage()]) == 1, name
+    assert result.history["monitor_step"] == [0, 2, 4] and result.history["calls"] == [1, 2, 3]
+    for step, got in zip(result.history["monitor_step"], result.history["probe_loss"], strict=True):
+        want = train.evaluate(MLP.loss_fn, result.snapshots[step], x[:50], y[:50])["loss"]
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_monitor_in_lanes_and_compiled_once(synthetic, caplog):
+    x, y = jnp.asarray(synthetic.x_train), jnp.asarray(synthetic.y_train)
+    monitor = _ProbeMonitor(x[:50], y[:50], every=3)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1.0)
+    rates = [0.01, 0.03]
+    states = train.lanes(_state(opt, [8, 16, 4]), learning_rate=rates)
+    epoch = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, lanes=True, monitor=monitor)
+    calls = jax.vmap(monitor.init)(states)
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        for _ in range(2):
+            states, calls, stats = epoch(states, calls, x, y)
+    assert len([r for r in caplog.records if "Compiling jit(monitored_epoch)" in r.getMessage()]) == 1
+    assert stats.records["probe_loss"].shape == (2, 10) and list(np.asarray(calls)) == [7, 7]
+    single = train.make_train_epoch(opt, loss_fn=MLP.loss_fn, batch_size=30, monitor=monitor)
+    for i, lr in enumerate(rates):  # each lane's records are those of its own run
+        state = _state(opt, [8, 16, 4])
+        state = state._replace(opt_state=optax.tree_utils.tree_set(state.opt_state, learning_rate=lr))
+        alone = monitor.init(state)
+        for _ in range(2):
+            state, alone, alone_stats = single(state, alone, x, y)
+        # epoch 2: steps 12, 15 and 18 are due
+        np.testing.assert_allclose(stats.records["probe_loss"][i], alone_stats.records["probe_loss"], rtol=1e-10)
+        assert np.isnan(alone_stats.records["probe_loss"]).sum() == 7
+
+
+def test_monitor_state_is_not_checkpointed_and_resume_continues(synthetic, tmp_path):
+    x, y = synthetic.x_train, synthetic.y_train
+    monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=4)
+    opt = optax.adam(1e-2)
+    common = dict(epochs=4, batch_size=30, progress=False, monitor=monitor, **FIT)
+    full = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), **common)
+    path = tmp_path / "ckpt.npz"
+
+    def stop(epoch, state):
+        if epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train.fit(_state(opt, [8, 16, 4]), opt, (x, y), checkpoint_path=path, callback=stop, **common)
+    state, history, _ = train.restore(path, _state(opt, [8, 16, 4], seed=5))  # a plain template loads it
+    resumed = train.fit(state, opt, (x, y), history=history, checkpoint_path=path, **common)
+    assert _tree_equal(resumed.state, full.state)
+    assert resumed.history["monitor_step"] == full.history["monitor_step"] == list(range(0, 40, 4))
+    np.testing.assert_allclose(resumed.history["probe_loss"], full.history["probe_loss"], rtol=1e-12)
+    assert resumed.history["calls"] == [1, 2, 3, 4, 5] * 2  # the monitor's state started afresh at the resume

@@ -1,0 +1,447 @@
+"""Sharpness during training: the largest Hessian eigenvalue every ``k`` steps, warm-started, inside the epoch.
+
+Gradient descent with step size ``eta`` on a quadratic is stable only while the largest Hessian eigenvalue
+``lambda_max`` (the *sharpness*) stays below ``2 / eta``. Cohen, Kaur, Li, Kolter & Talwalkar (2021) found that
+full-batch gradient descent on neural networks drives the sharpness up ("progressive sharpening") until it
+reaches ``2 / eta``, and then hovers there while the loss keeps falling, non-monotonically ("the edge of
+stability"). For adaptive methods the quantity that meets the limit is the *preconditioned* sharpness, the
+largest eigenvalue of ``P^(-1/2) H P^(-1/2)`` with the optimiser's own diagonal preconditioner ``P`` (Adam's
+``sqrt(nu_hat) + eps``); it hovers at ``2 (1 + beta1) / ((1 - beta1) eta)``, ``38 / eta`` for Adam's
+``beta1 = 0.9`` (Cohen et al. 2022).
+
+:func:`tracker` builds an :class:`fflab.train.Monitor` (fflab defines the protocol; this module does not import
+fflab): pass it to ``fflab.train.fit(..., monitor=...)`` or ``make_train_epoch(..., monitor=...)`` and every
+``every`` steps, inside the compiled epoch, it measures on a fixed data subset (Cohen et al. measure on a
+subset of the training set too):
+
+- ``sharpness``: ``lambda_max`` of the Hessian of ``loss_fn`` at the step's parameters, by
+  :func:`top_eigenpair` started from the previous record's top eigenvector, which stops as soon as the
+  eigenvalue's estimated error meets the tolerance: after the first (cold) record a few Hessian-vector
+  products while training is stable, not a cold Lanczos run; ``sharpness_error`` (the relative error
+  estimate) and ``sharpness_matvecs`` (products spent on the record);
+- optionally ``sharpness_min`` (the smallest eigenvalue, warm-started the same way), ``sharpness_trace``
+  (Hutchinson's estimate of the trace) and ``preconditioned_sharpness``.
+
+References:
+    Cohen, Kaur, Li, Kolter & Talwalkar (2021), Gradient descent on neural networks typically occurs at the edge
+    of stability. ICLR. https://arxiv.org/abs/2103.00065
+    Cohen, Ghorbani, Krishnan, Agarwal, Medapati, Badura, Suo, Cardoze, Nado, Dahl & Gilmer (2022), Adaptive
+    gradient methods at the edge of stability. https://arxiv.org/abs/2207.14484
+    Wu & Simon (2000), Thick-restart Lanczos method for large symmetric eigenvalue problems. SIAM J. Matrix
+    Anal. Appl. 22(2).
+    Hutchinson (1989), A stochastic estimator of the trace of the influence matrix for Laplacian smoothing
+    splines. Commun. Stat. Simul. Comput. 18(3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
+
+from analysis import curvature
+from analysis._linalg import as_operator, check_count, hoisted, orthogonalise
+
+__all__ = ["PRECONDITIONERS", "TopEigenpair", "Tracker", "adam_preconditioner", "top_eigenpair", "tracker"]
+
+PRECONDITIONERS = ("adam",)
+
+
+class TopEigenpair(NamedTuple):
+    """The largest eigenpair of a symmetric operator, as :func:`top_eigenpair` found it.
+
+    Attributes:
+        value: scalar, the largest Ritz value (a lower bound of ``lambda_max``, equal to it at convergence).
+        vector: ``(dim,)`` its unit Ritz vector.
+        error: scalar, the estimated relative error of ``value``, ``min(r, r^2 / gap) / scale`` (see
+            :func:`top_eigenpair`); at most ``tol`` when it converged.
+        residual: scalar, the relative residual ``r / scale = ||A v - value v|| / scale``.
+        matvecs: int32 scalar, the matrix-vector products spent.
+    """
+
+    value: jax.Array
+    vector: jax.Array
+    error: jax.Array
+    residual: jax.Array
+    matvecs: jax.Array
+
+
+def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
+    """:func:`top_eigenpair`'s loops, traceable (the tracker calls it inside the training epoch).
+
+    An inner ``while_loop`` takes Lanczos steps until the estimate converges, the basis is full or the products
+    run out; an outer one restarts thick after each inner run (its first row is then the top Ritz vector, which
+    is also the answer). No per-step ``lax.cond`` carries the basis, so a step costs its product, two
+    Gram-Schmidt passes over the basis and an ``eigh`` of the small projected matrix.
+    """
+    m, (dim,), dtype = num_steps, v0.shape, v0.dtype
+    keep = 1 + (m - 1) // 2  # Ritz vectors kept at a restart, as analysis.eigsh does for k = 1
+    tiny = jnp.finfo(dtype).tiny
+    norm = jnp.linalg.norm(v0)
+    q0 = jnp.where(norm > 0, v0 / jnp.where(norm > 0, norm, 1), 1 / math.sqrt(dim))
+    rows = jnp.arange(m)
+
+    def step(state):
+        j, count, basis, proj, _, _, _, _, _ = state
+        aq = matvec(basis[j]).astype(dtype)
+        w, h = orthogonalise(aq, basis)  # full re-orthogonalisation, twice (Parlett 1998)
+        beta = jnp.linalg.norm(w)
+        proj = proj.at[:, j].set(h[:-1]).at[j, :].set(h[:-1])
+        # A breakdown (beta ~ 0: an invariant Krylov space) makes the Ritz pairs exact, so the loop stops.
+        basis = basis.at[j + 1].set(w / jnp.maximum(beta, tiny))
+        # Ritz pairs of the leading (j + 1) block. The unused rows get a diagonal strictly below that block's
+        # spectrum (-2 ||T||_F), so the top two eigenvalues of the padded matrix are the block's, exactly.
+        live = rows <= j
+        t = jnp.where(live[:, None] & live[None, :], proj, 0)
+        t = t + jnp.diag(jnp.where(live, 0, -(2 * jnp.linalg.norm(t) + tiny)))
+        theta, vectors = jnp.linalg.eigh(t)
+        residual = jnp.abs(beta * vectors[j, -1])  # ||A Q^T y - theta Q^T y|| = |beta_j y_j|
+        # The standard a-posteriori estimate of the Ritz value's error: the residual, or residual^2 / gap with
+        # the gap to the next Ritz value once there is one [Parlett 1998, ch. 11].
+        gap = jnp.maximum(theta[-1] - theta[-2], tiny)
+        error = jnp.where(j > 0, jnp.minimum(residual, residual**2 / gap), residual)
+        size = jnp.maximum(jnp.maximum(jnp.abs(theta[-1]), jnp.abs(theta[m - 1 - j])), scale)  # max |Ritz value|
+        size = jnp.where(size > 0, size, 1)
+        done = error <= tol * size
+        return j + 1, count + 1, basis, proj, theta, vectors, error / size, residual / size, done
+
+    def restart(state):  # thick restart on the top `keep` Ritz pairs [Wu & Simon 2000]
+        j, count, basis, proj, theta, vectors, error, residual, done = state
+        kept, newest = vectors[:, ::-1][:, :keep].T @ basis[:m], basis[j]
+        # In place (the rows past `keep` must be zero for the Gram-Schmidt passes): a second basis-sized
+        # buffer would double the program's temporaries, which costs every training step (see `tracker`).
+        basis = basis.at[keep + 1 :].set(0).at[keep].set(newest).at[:keep].set(kept)
+        new_proj = jnp.zeros_like(proj).at[:keep, :keep].set(jnp.diag(theta[::-1][:keep]))
+        return jnp.asarray(keep, j.dtype), count, basis, new_proj, theta, vectors, error, residual, done
+
+    def cycle(state):
+        more = lambda s: ~s[-1] & (s[0] < m) & (s[1] < max_matvecs)  # noqa: E731
+        return restart(lax.while_loop(more, step, state))
+
+    state = (
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((m + 1, dim), dtype).at[0].set(q0),
+        jnp.zeros((m, m), dtype),
+        jnp.zeros((m,), dtype),
+        jnp.zeros((m, m), dtype),
+        jnp.asarray(jnp.inf, dtype),
+        jnp.asarray(jnp.inf, dtype),
+        jnp.asarray(False),
+    )
+    state = lax.while_loop(lambda s: ~s[-1] & (s[1] < max_matvecs), cycle, state)
+    _, count, basis, _, theta, _, error, residual, _ = state
+    return TopEigenpair(theta[-1], basis[0], error, residual, count)
+
+
+@functools.partial(jax.jit, static_argnums=4)  # the budget is an argument: every budget shares the program
+def _top_jit(matvec, v0, tol, scale, num_steps, max_matvecs):
+    dim = v0.shape[0]
+    op = hoisted(matvec, dim, v0.dtype, (num_steps + 1) * dim * v0.dtype.itemsize)
+    return _top(op, v0, tol, scale, num_steps, max_matvecs)
+
+
+def top_eigenpair(
+    matvec: Callable,
+    v0: jax.Array,
+    *,
+    tol: float = 1e-4,
+    num_steps: int = 10,
+    max_matvecs: int = 200,
+    scale: float = 0.0,
+) -> TopEigenpair:
+    """The largest (algebraic) eigenpair of a symmetric operator by Lanczos from ``v0``, stopping at convergence.
+
+    Lanczos with full re-orthogonalisation from ``v0``; after every product the Ritz pairs of the projected
+    matrix are updated, and the loop stops once the top Ritz value's estimated error ``min(r, r^2 / gap)``
+    is at most ``tol * scale``, where ``r = |beta_j y_j|`` is the Ritz residual, ``gap`` the distance to the
+    next Ritz value (the standard a-posteriori estimate, Parlett 1998, ch. 11: ``r`` bounds the distance to
+    the nearest eigenvalue, ``r^2 / gap`` estimates it once the gap is resolved) and ``scale = max(max |Ritz
+    value|, scale)``. A basis of ``num_steps`` vectors that has not converged restarts thick on its top half of
+    Ritz pairs [Wu & Simon 2000]. Started from a nearby eigenvector (the previous one, along training) it
+    stops after a few products, where :func:`analysis.eigsh` always expands a whole basis first. One
+    compiled loop with nothing sent to the host; traceable, so it runs inside a caller's jit (the sharpness
+    :func:`tracker` runs it inside the training epoch). For the smallest eigenvalue pass ``-A``.
+
+    Args:
+        matvec: symmetric operator ``(dim,) -> (dim,)``, e.g. from :func:`analysis.hessian_operator`.
+        v0: ``(dim,)`` start vector (normalised here; a zero vector is replaced by a constant one).
+        tol: relative accuracy of the eigenvalue (of its error estimate).
+        num_steps: Krylov basis size before a restart, ``>= 2``.
+        max_matvecs: most products; when they run out the current Ritz pair is returned with its estimates.
+        scale: a lower bound for the spectral norm used in the tolerance (e.g. ``|lambda_max|`` when
+            computing ``lambda_min`` of ``-A``), so a small eigenvalue is judged against the whole spectrum.
+
+    Returns:
+        :class:`TopEigenpair` ``(value, vector, error, residual, matvecs)``.
+
+    Example::
+
+        matvec, dim = analysis.hessian_operator(loss_fn, params, x, y)
+        first = analysis.sharpness.top_eigenpair(matvec, jax.random.normal(key, (dim,)))
+        later = analysis.sharpness.top_eigenpair(matvec_later, first.vector)  # a warm start
+    """
+    v0 = jnp.asarray(v0)
+    if v0.ndim != 1:
+        raise ValueError(f"v0 must be a vector of shape (dim,), got {v0.shape}")
+    op, dtype = as_operator(matvec, v0.shape[0])
+    num_steps = check_count("num_steps", num_steps, 2, 10**6)
+    max_matvecs = check_count("max_matvecs", max_matvecs, 1, 10**9)
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    tol, scale, budget = jnp.asarray(tol, dtype), jnp.asarray(scale, dtype), jnp.asarray(max_matvecs, jnp.int32)
+    return _top_jit(op, v0.astype(dtype), tol, scale, num_steps, budget)
+
+
+# --------------------------------------------------------------------------------------------------
+# preconditioners
+
+
+def adam_preconditioner(opt_state: Any) -> Any:
+    """Adam's diagonal preconditioner ``P = sqrt(nu_hat + eps_root) + eps`` from an optax state [Cohen et al. 2022].
+
+    Adam's update is ``-eta P^(-1) mu_hat``, so ``P`` is the state's second-moment estimate, bias corrected,
+    ``nu_hat = nu / (1 - b2^count)``. Read from the state after the update (the preconditioner the update
+    used). ``b2``, ``eps`` and ``eps_root`` come from the state where ``optax.inject_hyperparams`` put them (as
+    ``fflab.train.make_optimizer`` does), else optax's defaults (0.999, 1e-8, 0).
+
+    Args:
+        opt_state: an optax state holding exactly one ``optax.ScaleByAdamState`` (adam, adamw, nadam...).
+
+    Returns:
+        ``P`` as a pytree like the parameters.
+    """
+    import optax
+
+    found = [
+        s
+        for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"preconditioner='adam' needs an optimiser state with one optax.ScaleByAdamState, found {len(found)}"
+        )
+    state = found[0]
+
+    def hyper(name, default):
+        try:
+            value = optax.tree_utils.tree_get(opt_state, name, default, filtering=lambda _, v: not isinstance(v, tuple))
+        except KeyError:  # several, e.g. two injected optimisers
+            value = default
+        return jnp.asarray(value)
+
+    b2, eps, eps_root = hyper("b2", 0.999), hyper("eps", 1e-8), hyper("eps_root", 0.0)
+    correction = 1 - b2 ** jnp.maximum(state.count, 1)
+    return jax.tree_util.tree_map(
+        lambda nu: (jnp.sqrt(nu / correction.astype(nu.dtype) + eps_root.astype(nu.dtype)) + eps).astype(nu.dtype),
+        state.nu,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the tracker
+
+
+def _negated(op, v):
+    return -op(v)
+
+
+def _preconditioned(op, scale, v):
+    return scale * op(scale * v)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["data", "key"],
+    meta_fields=[
+        "loss_fn",
+        "every",
+        "smallest",
+        "trace_probes",
+        "preconditioner",
+        "tol",
+        "num_steps",
+        "max_matvecs",
+        "batch_size",
+        "wrt",
+    ],
+)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tracker:
+    """A sharpness monitor for ``fflab.train`` (the :class:`fflab.train.Monitor` protocol); build it with
+    :func:`tracker`. A pytree: the data subset and the key are leaves (arguments of the compiled epoch), the
+    settings are static."""
+
+    data: tuple
+    key: jax.Array
+    loss_fn: Callable
+    every: int
+    smallest: bool
+    trace_probes: int
+    preconditioner: Callable | None
+    tol: float
+    num_steps: int
+    max_matvecs: int
+    batch_size: int | None
+    wrt: Callable | None
+
+    def operator(self, state) -> tuple[Partial, int]:
+        """The Hessian operator of ``loss_fn`` on the subset at ``state.params`` (the model state, if any,
+        goes first among the data, as for ``fflab.train.freeze``)."""
+        args = self.data if state.model_state is None else (state.model_state, *self.data)
+        return curvature.hessian_operator(self.loss_fn, state.params, *args, batch_size=self.batch_size, wrt=self.wrt)
+
+    def init(self, state) -> dict[str, jax.Array]:
+        """Random unit start vectors, one per tracked eigenvalue (so the first record is a cold start).
+
+        Builds the operator once, which checks the loss, the parameters and the subset. ``jax.vmap`` it over
+        a stack of lanes.
+        """
+        if self.batch_size is not None and state.model_state is not None:
+            raise ValueError("batch_size needs data with a sample axis only; a stateful model passes its state too")
+        _, dim = self.operator(state)
+        dtype = ravel_pytree(state.params)[0].dtype
+        names = ["max", *(["min"] if self.smallest else []), *(["preconditioned"] if self.preconditioner else [])]
+        keys = jax.random.split(self.key, len(names))
+        return {name: jax.random.normal(k, (dim,), dtype) for name, k in zip(names, keys, strict=True)}
+
+    def __call__(self, vectors: dict, state) -> tuple[dict, dict[str, jax.Array]]:
+        """One record at ``state`` (an ``fflab.train.TrainState`` view: the step's parameters, the optimiser
+        state after its update, the step number); returns the new start vectors and the records."""
+        matvec, dim = self.operator(state)
+        dtype = vectors["max"].dtype
+        # The primal work of the products (forward and backward pass on the subset) is shared by all of them.
+        op = hoisted(matvec, dim, dtype, (self.num_steps + 1) * dim * dtype.itemsize)
+        solve = functools.partial(_top, num_steps=self.num_steps, max_matvecs=self.max_matvecs)
+        top = solve(op, vectors["max"], self.tol, jnp.zeros((), dtype))
+        new = {"max": top.vector}
+        records = {"sharpness": top.value, "sharpness_error": top.error}
+        count = top.matvecs
+        if self.smallest:
+            low = solve(Partial(_negated, op), vectors["min"], self.tol, jnp.abs(top.value))
+            new["min"], records["sharpness_min"] = low.vector, -low.value
+            count = count + low.matvecs
+        if self.trace_probes:
+            z = jax.random.rademacher(jax.random.fold_in(self.key, state.step), (self.trace_probes, dim), dtype)
+            records["sharpness_trace"] = jnp.mean(jnp.sum(z * jax.vmap(op)(z).astype(dtype), axis=1))
+            count = count + self.trace_probes
+        if self.preconditioner is not None:
+            p = self.preconditioner(state.opt_state)
+            p = p if self.wrt is None else self.wrt(p)
+            inv_sqrt = 1 / jnp.sqrt(ravel_pytree(p)[0].astype(dtype))
+            pre = solve(
+                Partial(_preconditioned, op, inv_sqrt), vectors["preconditioned"], self.tol, jnp.zeros((), dtype)
+            )
+            new["preconditioned"], records["preconditioned_sharpness"] = pre.vector, pre.value
+            count = count + pre.matvecs
+        records["sharpness_matvecs"] = count
+        return new, records
+
+
+def tracker(
+    loss_fn: Callable,
+    data: tuple,
+    *,
+    every: int,
+    key: jax.Array,
+    smallest: bool = False,
+    trace_probes: int = 0,
+    preconditioner: str | Callable | None = None,
+    tol: float = 1e-4,
+    num_steps: int = 10,
+    max_matvecs: int = 200,
+    batch_size: int | None = None,
+    wrt: Callable | None = None,
+) -> Tracker:
+    """A monitor that records the sharpness every ``every`` steps of training [Cohen et al. 2021; 2022].
+
+    Pass it to ``fflab.train.fit(..., monitor=...)`` (the records join the history, and ``fflab train``'s
+    ``metrics.json``, one entry per record with ``monitor_step``) or to ``make_train_epoch(...,
+    monitor=...)`` (``stats.records``). At each record, inside the compiled epoch, it takes the Hessian of
+    ``loss_fn`` on ``data`` at the step's parameters and finds ``lambda_max`` with :func:`top_eigenpair`,
+    started from the previous record's top eigenvector: the first record is a cold start, later ones cost
+    fewer Hessian-vector products (``sharpness_matvecs``): far fewer while training is stable, where the top
+    eigenvector moves slowly; at the edge of stability it moves within a few steps and a warm start saves
+    less (``benchmarks/sharpness_bench.py`` measures both). Steps without a record pay nothing (``lax.cond``).
+
+    Records (scalars): ``sharpness`` (``lambda_max``), ``sharpness_error`` (its estimated relative error),
+    ``sharpness_matvecs`` (all products of the record), and as asked ``sharpness_min`` (``lambda_min``),
+    ``sharpness_trace`` (Hutchinson's ``tr(H)`` estimate from ``trace_probes`` Rademacher probes) and
+    ``preconditioned_sharpness`` (``lambda_max`` of ``P^(-1/2) H P^(-1/2)``). Gradient descent is stable on a
+    quadratic while ``sharpness < 2 / eta``; Adam while ``preconditioned_sharpness < 2 (1 + beta1) / ((1 -
+    beta1) eta)``.
+
+    Cost: a record runs one forward and backward pass on ``data`` (shared by its products) and, per product,
+    about two gradients' worth of work on ``data`` plus two Gram-Schmidt passes over ``num_steps + 1``
+    vectors of the parameter count. Steps without a record run none of it, but the compiled epoch reserves
+    the record's temporaries (mostly that basis) on every call: on Linux, glibc serves allocations above 32 MB
+    with fresh memory maps, so once an epoch's temporaries cross that size each call pays page faults on its
+    training buffers too, which shows with one-step (full-batch) epochs. Keep ``num_steps`` small (the default
+    10 suffices for warm starts) or raise ``MALLOC_MMAP_THRESHOLD_`` in the environment.
+
+    Args:
+        loss_fn: the training loss ``loss_fn(params, *data) -> scalar`` (for a stateful model the frozen one,
+            ``fflab.train.freeze(model.loss_fn)``: the current model state is passed before ``data``).
+            Must be hashable.
+        data: a fixed subset to measure on, e.g. ``(x[:1000], y[:1000])``; the cost of a record is that of
+            a few gradients on it, so a subset much smaller than the training set keeps tracking cheap.
+        every: steps between records; records are taken at steps ``0, every, 2 every, ...``.
+        key: PRNG key for the start vectors and trace probes.
+        smallest: also track ``lambda_min`` (warm-started too).
+        trace_probes: Hutchinson probes for ``sharpness_trace`` (0: off, else >= 2); not warm-started.
+        preconditioner: ``"adam"`` (:func:`adam_preconditioner`) or a function ``opt_state -> P`` (a pytree
+            like the params, positive) for the preconditioned sharpness; ``None``: off.
+        tol: relative accuracy of the eigenvalues (:func:`top_eigenpair`'s error estimate).
+        num_steps: Krylov basis size of :func:`top_eigenpair`.
+        max_matvecs: most products per eigenvalue per record.
+        batch_size: chunk the subset's products (see :func:`analysis.hessian_operator`).
+        wrt: track a part of the params only (a layer), as in :func:`analysis.hessian_operator`.
+
+    Returns:
+        A :class:`Tracker`.
+
+    Example::
+
+        tracker = analysis.sharpness.tracker(loss_fn, (x[:1000], y[:1000]), every=20, key=jax.random.key(1))
+        result = train.fit(state, opt, (x, y), loss_fn=loss_fn, epochs=500, batch_size=len(x), monitor=tracker)
+        steps, lam = result.history["monitor_step"], result.history["sharpness"]
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function loss_fn(params, *data), got {type(loss_fn).__name__}")
+    if not isinstance(data, tuple | list) or not data:
+        raise ValueError(f"data must be a tuple of arrays such as (x, y), got {type(data).__name__}")
+    every = check_count("every", every, 1, 2**31 - 1)
+    trace_probes = check_count("trace_probes", trace_probes, 0, 10**6)
+    if trace_probes == 1:
+        raise ValueError("trace_probes must be 0 (off) or at least 2")
+    if isinstance(preconditioner, str):
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"unknown preconditioner {preconditioner!r}; valid names: {', '.join(PRECONDITIONERS)}")
+        preconditioner = adam_preconditioner
+    elif preconditioner is not None and not callable(preconditioner):
+        raise ValueError(f"preconditioner must be 'adam', a function opt_state -> P or None, got {preconditioner!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    return Tracker(
+        data=tuple(jnp.asarray(a) for a in data),
+        key=key,
+        loss_fn=loss_fn,
+        every=every,
+        smallest=bool(smallest),
+        trace_probes=trace_probes,
+        preconditioner=preconditioner,
+        tol=float(tol),
+        num_steps=check_count("num_steps", num_steps, 2, 10**6),
+        max_matvecs=check_count("max_matvecs", max_matvecs, 1, 10**9),
+        batch_size=batch_size,
+        wrt=wrt,
+    )
