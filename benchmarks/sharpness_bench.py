@@ -1,0 +1,229 @@
+"""Sharpness tracking during full-batch gradient descent: what a record costs (issue 15's acceptance numbers).
+
+Two numbers, measured in one run:
+
+1. **Warm against cold.** Each record of :func:`analysis.sharpness.tracker` after the first runs
+   :func:`analysis.sharpness.top_eigenpair` from the previous record's top eigenvector. At the same
+   parameters, data subset and tolerance, a cold start from a random vector needs how many Hessian-vector
+   products? Target: every warm record after the first uses at most a third of the cold start's products.
+2. **Overhead.** Full-batch gradient descent (Cohen et al. 2021's set-up, scaled down: a tanh MLP on a few
+   thousand Fashion-MNIST images, float32) with the compiled epoch of :func:`fflab.train.make_train_epoch`,
+   with and without the tracker (``lambda_max`` every ``--every`` steps on the first ``--subset`` training
+   images, a quarter of them by default: on the whole set a record would cost about four times as much).
+   Both run through :func:`fflab.train.fit` (one step per epoch), in halves in ABBA order (plain, tracked,
+   tracked, plain), and train the same trajectory (checked). Target: at most 25% more time, judged on the
+   process's CPU time (``time.process_time``, all threads), which load from other processes hardly moves;
+   the wall time (fit's ``train_seconds``) is printed too, and on a shared machine it can swing either way.
+
+With the defaults (4,000 images, eta = 0.05) the run passes through both of Cohen et al.'s phases: the
+sharpness settles from its initial 60 to about 38, rises ("progressive sharpening") and reaches 2 / eta = 40
+after about 250 steps, then hovers there ("the edge of stability"). The warm-start ratio is reported for each
+phase: the initial fall (records before the sharpness's minimum), sharpening, and the edge (from the first
+later record at 0.95 * 2 / eta on).
+
+Run from the repository root: ``python -m benchmarks.sharpness_bench [--n 4000] [--subset 1000]
+[--steps 600] [--every 20] [--lr 0.05] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from analysis import curvature, sharpness
+from benchmarks._timing import print_table
+from fflab import data, presets, train
+from fflab.files import write_json
+
+WARM_TARGET = 1 / 3
+OVERHEAD_TARGET = 0.25
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or digits")
+    p.add_argument("--n", type=int, default=4000, help="training images (full batch)")
+    p.add_argument("--subset", type=int, default=1000, help="images the sharpness is measured on")
+    p.add_argument("--hidden", default="200,200", help="hidden widths")
+    p.add_argument("--activation", default="tanh")
+    p.add_argument("--lr", type=float, default=0.05, help="gradient descent step size eta")
+    p.add_argument("--steps", type=int, default=600, help="gradient descent steps")
+    p.add_argument("--every", type=int, default=20, help="steps between sharpness records")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative eigenvalue accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the numbers here")
+    return p.parse_args(argv)
+
+
+def problem(args):
+    """``(loss_fn, params, x, y)``: the MLP and the first ``n`` training images, flattened, in float32."""
+    ds = data.load(args.dataset)
+    x = np.asarray(ds.x_train[: args.n], np.float32).reshape(args.n, -1)
+    y = np.asarray(ds.y_train[: args.n])
+    model = presets.classifier(args.activation)
+    sizes = [x.shape[1], *(int(h) for h in args.hidden.split(",") if h), ds.num_classes]
+    params, _ = model.init(jax.random.key(args.seed), sizes, dtype=jnp.float32)
+    return model.loss_fn, params, jnp.asarray(x), jnp.asarray(y)
+
+
+def run(args) -> dict:
+    loss_fn, params, x, y = problem(args)
+    xs, ys = x[: args.subset], y[: args.subset]
+    opt = optax.sgd(args.lr)
+    tracker = sharpness.tracker(loss_fn, (xs, ys), every=args.every, key=jax.random.key(1), tol=args.tol)
+    start = train.init_state(params, opt, jax.random.key(2))
+    half = args.steps // 2
+    common = dict(loss_fn=loss_fn, batch_size=args.n, eval_every=args.steps, progress=False)
+    # Compile the plain and the monitored epoch (fit runs the monitored one only for epochs with a due step).
+    tic = time.perf_counter()
+    train.fit(start, opt, (x, y), epochs=2, monitor=tracker, **common)
+    compile_seconds = time.perf_counter() - tic
+
+    cpu = {"plain": 0.0, "tracked": 0.0}
+
+    def fit(state, epochs, history=None, monitor=None):
+        snapshots = range(0, args.steps, args.every) if monitor is not None else ()
+        tic = time.process_time()
+        result = train.fit(
+            state, opt, (x, y), epochs=epochs, history=history, monitor=monitor, snapshot_epochs=snapshots, **common
+        )
+        cpu["plain" if monitor is None else "tracked"] += time.process_time() - tic
+        return result
+
+    # ABBA over two halves: plain, tracked, tracked, plain. The tracker's state does not outlive a fit call, so
+    # the second tracked half starts with a cold record too; the ratio below leaves both cold records out.
+    p1 = fit(start, half)
+    t1 = fit(start, half, monitor=tracker)
+    t2 = fit(t1.state, args.steps, t1.history, tracker)
+    p2 = fit(p1.state, args.steps, p1.history)
+    seconds = {"plain": sum(p2.history["train_seconds"]), "tracked": sum(t2.history["train_seconds"])}
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(p2.state.params), jax.tree.leaves(t2.state.params), strict=True)
+    )
+    h = t2.history
+    snapshots = {**t1.snapshots, **t2.snapshots}
+    records = [
+        {k: h[k][i] for k in ("monitor_step", "sharpness", "sharpness_matvecs")} for i in range(len(h["monitor_step"]))
+    ]
+
+    # Cold starts at the same parameters, subset and tolerance, from random vectors.
+    cold = []
+    for i, r in enumerate(records):
+        matvec, dim = curvature.hessian_operator(loss_fn, snapshots[r["monitor_step"]], xs, ys)
+        v0 = jax.random.normal(jax.random.key(100 + i), (dim,), jnp.float32)
+        pair = sharpness.top_eigenpair(
+            matvec, v0, tol=args.tol, num_steps=tracker.num_steps, max_matvecs=tracker.max_matvecs
+        )
+        cold.append({"value": float(pair.value), "matvecs": int(pair.matvecs), "error": float(pair.error)})
+
+    warm_counts = np.array([r["sharpness_matvecs"] for r in records])
+    cold_counts = np.array([c["matvecs"] for c in cold])
+    warm = np.array([r["monitor_step"] not in (0, half) for r in records])  # records that start warm
+    ratios = warm_counts[warm] / cold_counts[warm]
+    # Phases: the initial fall of the sharpness (to its minimum), progressive sharpening, and the edge from the
+    # first later record at 0.95 * 2 / eta on.
+    lam = np.array([r["sharpness"] for r in records])
+    low = int(np.argmin(lam))
+    reached = [i for i in range(low, len(lam)) if lam[i] >= 0.95 * 2 / args.lr]
+    edge_from = reached[0] if reached else len(lam)
+    index = np.arange(len(lam))[warm]
+    phases = {}
+    for name, mask in (
+        ("initial", index < low),
+        ("sharpening", (index >= low) & (index < edge_from)),
+        ("edge", index >= edge_from),
+    ):
+        if mask.any():
+            phases[name] = {
+                "records": int(mask.sum()),
+                "max": float(ratios[mask].max()),
+                "median": float(np.median(ratios[mask])),
+                "share_within_target": float(np.mean(ratios[mask] <= WARM_TARGET)),
+            }
+    overhead = cpu["tracked"] / cpu["plain"] - 1
+    overhead_wall = seconds["tracked"] / seconds["plain"] - 1
+    return {
+        "config": vars(args),
+        "num_params": int(sum(np.size(a) for a in jax.tree.leaves(params))),
+        "two_over_eta": 2 / args.lr,
+        "same_trajectory": same,
+        "final_train_loss": h["train_loss"][-1],
+        "compile_seconds": compile_seconds,
+        "train_seconds": seconds,
+        "cpu_seconds": cpu,
+        "overhead": overhead,
+        "overhead_wall": overhead_wall,
+        "overhead_target": OVERHEAD_TARGET,
+        "overhead_holds": bool(overhead <= OVERHEAD_TARGET),
+        "cpu_seconds_per_record": (cpu["tracked"] - cpu["plain"]) / len(records),
+        "cpu_seconds_per_step": cpu["plain"] / args.steps,
+        "steps": [r["monitor_step"] for r in records],
+        "sharpness": [r["sharpness"] for r in records],
+        "cold_sharpness": [c["value"] for c in cold],
+        "warm_matvecs": warm_counts.tolist(),
+        "cold_matvecs": cold_counts.tolist(),
+        "edge_from_step": records[edge_from]["monitor_step"] if reached else None,
+        "cold_records_at": [0, half],
+        "phases": phases,
+        "warm_over_cold_max": float(ratios.max()),
+        "warm_over_cold_median": float(np.median(ratios)),
+        "warm_target": WARM_TARGET,
+        "warm_holds": bool(np.all(ratios <= WARM_TARGET)),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    out = run(args)
+    print(
+        f"full-batch GD, {args.activation} MLP {out['num_params']:,} parameters, {args.n} {args.dataset} images, "
+        f"eta {args.lr} (2/eta = {out['two_over_eta']:.1f}), {args.steps} steps; lambda_max every {args.every} "
+        f"steps on {args.subset} images, tol {args.tol:g}"
+    )
+    columns = ["step", "start", "lambda_max tracked", "lambda_max cold", "matvecs tracked", "matvecs cold", "ratio"]
+    rows = [
+        dict(zip(columns, [s, "cold" if s in out["cold_records_at"] else "warm", lam, cold, w, c, w / c], strict=True))
+        for s, lam, cold, w, c in zip(
+            out["steps"],
+            out["sharpness"],
+            out["cold_sharpness"],
+            out["warm_matvecs"],
+            out["cold_matvecs"],
+            strict=True,
+        )
+    ]
+    print_table(rows, columns)
+    print(
+        f"warm-started records (all but each fit call's cold first one): at most {out['warm_over_cold_max']:.2f} "
+        f"(median "
+        f"{out['warm_over_cold_median']:.2f}) of a cold start's products; target <= 1/3 for each: "
+        f"{'met' if out['warm_holds'] else 'MISSED'}"
+    )
+    for name, phase in out["phases"].items():
+        print(
+            f"  {name}: {phase['records']} records, warm/cold median {phase['median']:.2f}, max {phase['max']:.2f}, "
+            f"{100 * phase['share_within_target']:.0f}% within 1/3"
+        )
+    print(
+        f"training time, CPU: {out['cpu_seconds']['plain']:.1f} s plain, {out['cpu_seconds']['tracked']:.1f} s "
+        f"tracked ({out['cpu_seconds_per_step'] * 1e3:.1f} ms a step, {out['cpu_seconds_per_record']:.3f} s a "
+        f"record): overhead {100 * out['overhead']:.1f}%; target <= 25%: {'met' if out['overhead_holds'] else 'MISSED'}"
+    )
+    print(
+        f"training time, wall (fit's train_seconds; load from other processes falls on it): "
+        f"{out['train_seconds']['plain']:.1f} s plain, {out['train_seconds']['tracked']:.1f} s tracked: overhead "
+        f"{100 * out['overhead_wall']:.1f}%; same trajectory: {out['same_trajectory']}"
+    )
+    if args.json:
+        write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
