@@ -58,8 +58,8 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(dataset="digits", image_side=4, hidden=(8, 8), n_train=1437, n_hessian=400, epochs=8,
-               checkpoints=(1, 8), batch_size=50, mus=(1e-4, 1e2, 13))
+QUICK = Config(dataset="digits", image_side=4, hidden=(6, 6), n_train=1437, n_hessian=200, epochs=6,
+               checkpoints=(1, 6), batch_size=50, mus=(1e-4, 1e2, 13))
 FULL = Config()
 
 
