@@ -301,7 +301,7 @@ class Tracker:
         return curvature.hessian_operator(self.loss_fn, state.params, *args, batch_size=self.batch_size, wrt=self.wrt)
 
     def init(self, state) -> dict[str, jax.Array]:
-        """Random unit start vectors, one per tracked eigenvalue (so the first record is a cold start).
+        """Random start vectors, one per tracked eigenvalue (so the first record is a cold start).
 
         Builds the operator once, which checks the loss, the parameters and the subset. ``jax.vmap`` it over
         a stack of lanes.
