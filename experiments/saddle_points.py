@@ -349,7 +349,8 @@ def plot(payload: dict, out_dir) -> None:
                     f"{s['lambda_min']:.1e},\nminibatch noise share {s['noise_share']:.0e} "
                     f"({s['noise_share_fastest']:.0e} along it)")
     ax_esc.axhline(budget, color="0.5", ls=":", label=f"budget, {budget} steps\n(above: not escaped)")
-    ax_esc.set(xscale="log", xlabel="distance delta of the start from the saddle", ylabel="steps to escape (median)",
+    ax_esc.set(xscale="log", yscale="log", xlabel="distance delta of the start from the saddle",
+               ylabel="steps to escape (median, log)",
                title="escaping saddles: plain GD, minibatch SGD, GD + isotropic noise")
     ax_esc.invert_xaxis()
     ax_esc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
