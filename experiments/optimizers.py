@@ -220,9 +220,8 @@ def plot(payload: dict, out_dir) -> None:
                         ls="--" if run["schedule"] == "constant" else "-", label=run["schedule"],
                         color="C0" if run["schedule"] == "constant" else "C3")
         ax.set(title=f"{name} ({r['annealing'][name]['chosen']['steps'][0]:g}): "
-               f"x{r['annealing_gain_train_loss'][name]:.2f}", yscale="log")
+               f"x{r['annealing_gain_train_loss'][name]:.2f}", yscale="log", xlabel="epoch")
     axes[0, 0].legend()
-    fig.supxlabel("epoch")
     fig.supylabel("training loss (whole training set)")
     fig.suptitle(f"constant vs annealed step, same budget ({cfg['epochs']} epochs of {r['updates_per_epoch']} "
                  "updates); x = constant / annealed final loss (> 1: annealing helps)")
@@ -236,18 +235,20 @@ def plot(payload: dict, out_dir) -> None:
                          if run["optimizer"] == name and run["schedule"] == schedule and run["history"])
             ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", label=schedule)
         ax.set(title=f"{name}: equal peaks vs each one's best", xlabel="peak step", ylabel="final training loss",
-               xscale="log", yscale="log")
+               xscale="log", xticks=[p[0] for p in pts], xticklabels=[f"{p[0]:.2g}" for p in pts])
+        ax.minorticks_off()
         ax.legend()
     for b, v in r["by_batch"].items():
         axes[-2].plot(cfg["batch_steps"], v["train_loss"], marker="o", label=f"batch {b} ({v['updates']} updates)")
     axes[-2].set(title=f"SGD, {cfg['batch_epochs']} epochs: final loss vs step", xlabel="step size (constant)",
-                 ylabel="final training loss", xscale="log", yscale="log")
+                 ylabel="final training loss (off the top: diverged)", xscale="log", yscale="log", ylim=(None, 3))
     axes[-2].legend(fontsize=8)
     ax, sizes = axes[-1], np.array(cfg["noise_sizes"])
     for point, n in r["gradient_noise"].items():
         rel = np.array([n[str(b)] for b in sizes]) / n["full"]
         ax.plot(sizes, rel, marker="o", label=f"{point}: slope {r['noise_slope'][point]:.2f}")
         ax.plot(sizes, rel[0] * np.sqrt(sizes[0] / sizes), color="gray", ls=":", lw=1)
+    ax.axhline(1.0, color="k", ls="--", lw=0.8, label="noise as large as the gradient")
     ax.set(title="mini-batch gradient noise (dotted: 1/sqrt(B))", xlabel="batch size B", xscale="log",
            ylabel="RMS ||g_B - g|| / ||g||", yscale="log")
     ax.legend()
