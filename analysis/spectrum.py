@@ -36,6 +36,7 @@ __all__ = [
     "block_coupling",
     "inertia",
     "log_spread",
+    "decades_below_top",
     "outliers",
     "param_blocks",
     "summarize",
@@ -187,6 +188,28 @@ def outliers(eigs, *, c: float = DEFAULT_OUTLIER_C) -> tuple[int, float]:
     mad = np.median(np.abs(eigs - med))
     edge = float(med + c * _MAD_TO_STD * mad)
     return int(np.sum(eigs > edge)), edge
+
+
+def decades_below_top(eigs, *, q: float = 0.5) -> float:
+    """Orders of magnitude between the largest ``|lambda|`` and the ``q``-quantile of ``|lambda|``.
+
+    ``log10(max|lambda| / quantile_q |lambda|)``: how far below the top curvature the typical direction lies;
+    0 for perfectly even curvature. It needs no zero tolerance: :func:`log_spread` counts only the eigenvalues
+    above ``rtol * max|lambda|``, so a spectrum with more of its tail below the cut scores a *smaller* spread
+    (the tail it drops is the uneven part); a quantile of all ``P`` eigenvalues keeps the whole spectrum.
+
+    Args:
+        eigs: eigenvalues of shape ``(P,)``.
+        q: the quantile in ``(0, 1]`` (``0.5``: the median ``|lambda|``).
+
+    Returns:
+        A float ``>= 0``; ``inf`` when the quantile is 0.
+    """
+    mags = np.abs(_as_eigs(eigs))
+    if not 0 < q <= 1:
+        raise ValueError(f"q must lie in (0, 1], got {q}")
+    top, typical = mags.max(), np.quantile(mags, q)
+    return float(np.log10(top / typical)) if typical > 0 else float("inf")
 
 
 def log_spread(eigs, *, rtol: float = DEFAULT_RTOL, atol: float = 0.0) -> tuple[float, float]:

@@ -167,3 +167,17 @@ def test_param_blocks_follow_ravel_order():
     assert spectrum.block_norms(H, layers).shape == (2, 2)
     with pytest.raises(ValueError, match="valid names: leaf, layer"):
         spectrum.param_blocks(params, level="unit")
+
+
+def test_decades_below_top_hand_values():
+    assert spectrum.decades_below_top([1.0, 1.0, -1.0]) == 0.0
+    assert spectrum.decades_below_top([100.0, 1.0, -0.1, 0.01, 0.001]) == pytest.approx(3.0)  # median |.| 0.1
+    assert spectrum.decades_below_top([100.0, 1.0, -0.1, 0.01, 0.001], q=1.0) == 0.0
+    assert spectrum.decades_below_top([5.0, 0.0, 0.0]) == np.inf
+    # No tolerance: a deeper tail is less even, where log_spread (above 1e-6 max only) calls it more even.
+    shallow = np.geomspace(1, 1e-5, 50)
+    deep = np.concatenate([np.ones(5), np.geomspace(1e-1, 1e-2, 10), np.full(35, 1e-9)])
+    assert spectrum.decades_below_top(deep) > spectrum.decades_below_top(shallow)
+    assert spectrum.log_spread(deep)[1] < spectrum.log_spread(shallow)[1]
+    with pytest.raises(ValueError, match="q must lie"):
+        spectrum.decades_below_top([1.0], q=0.0)
