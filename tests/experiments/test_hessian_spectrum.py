@@ -48,7 +48,7 @@ def test_claims_recounted_from_the_table_and_the_spectra(run):
             a = np.asarray(c["angles"], float)
             assert np.all(a[mus > -s["lambda_min"]] < 90) and a[-1] < 10  # descent; mu -> inf: the gradient
     # Each claim: the variant below plain at every checkpoint, the margin the closest call.
-    keys = [k for k in ("spread", "angle", "fisher_blocks_scaled") for _ in hs.VARIANTS[1:]]
+    keys = [k for k in ("decades", "angle", "fisher_blocks_scaled") for _ in hs.VARIANTS[1:]]
     variants = list(hs.VARIANTS[1:]) * 3
     for c, key, v in zip(claims, keys, variants, strict=True):
         ours, plain = np.asarray(r["table"][v][key]), np.asarray(r["table"]["plain"][key])
@@ -56,7 +56,7 @@ def test_claims_recounted_from_the_table_and_the_spectra(run):
         assert c["margin"] == pytest.approx(np.min((plain - ours) / np.abs(plain)))
     # Measured on the quick config (seeded), in float32 and float64: Raiko's transformations and BN even out the
     # curvature, Raiko's bring g closer to the Newton direction, all three bring the Fisher matrix closer to
-    # block-diagonal. (gamma's angle fails in both; its spread and BN's angle flip with the precision.)
+    # block-diagonal. (gamma's angle fails in both; gamma's evenness and BN's angle are close calls.)
     assert all(claims[i]["holds"] for i in (0, 2, 3, 6, 7, 8)), [claims[i] for i in (0, 2, 3, 6, 7, 8)]
 
 

@@ -41,7 +41,7 @@ def test_quick_claims_recounted_from_the_saved_numbers(run):
     assert claims[3]["holds"] == (final["batchnorm"] < final["plain"])
     h = r["hessian"]
     assert claims[4]["holds"] == (h["transform"]["fisher_blocks_scaled"] < h["none"]["fisher_blocks_scaled"])
-    assert claims[5]["holds"] == (h["transform_gamma"]["log10_std"] < h["none"]["log10_std"])
+    assert claims[5]["holds"] == (h["transform_gamma"]["decades"] < h["none"]["decades"])
     # One function in three parameterisations: the same loss, the same parameter count.
     sizes = h["sizes"]
     weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
@@ -67,7 +67,8 @@ def test_claims_fail_when_the_transformations_change_nothing(monkeypatch, tmp_pa
                 "steps_per_epoch": 10, "_state": train.TrainState(None, None, 0, 0, None, None)}
 
     same = {"loss": 1.0, "coupling": np.eye(2), "fisher_blocks_scaled": 0.9, "hessian_blocks_scaled": 0.9,
-            "hessian_blocks": 0.8, "hessian_elements": 0.95, "log10_std": 0.7, "abs_eigenvalues_desc": [1.0, 0.1]}
+            "hessian_blocks": 0.8, "hessian_elements": 0.95, "decades": 3.0, "log10_std": 0.7,
+            "abs_eigenvalues_desc": [1.0, 0.1]}
     monkeypatch.setattr(tr, "train_net", fake_train)
     monkeypatch.setattr(tr, "invariance", lambda *a: (1.0, 10.0, 0.0))  # the logits moved, nothing else did
     monkeypatch.setattr(tr, "hessian_comparison", lambda *a: {"sizes": [4, 2, 3], "num_params": 30,
