@@ -647,10 +647,13 @@ class _ProbeMonitor:
         return calls + 1, records
 
 
+_ADAM = optax.adam(1e-2)  # one optimiser for the monitor tests, so that they share compiled epochs
+
+
 def test_monitor_records_every_k_steps_and_changes_nothing(synthetic):
     x, y = synthetic.x_train, synthetic.y_train
     monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=4)
-    opt = optax.adam(1e-2)
+    opt = _ADAM
     common = dict(epochs=3, batch_size=30, progress=False, **FIT)  # 10 steps per epoch
     plain = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), **common)
     seen = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), monitor=monitor, **common)
@@ -676,7 +679,7 @@ def test_monitor_sees_the_parameters_of_its_step(synthetic, caplog):
     # Full batch: one step per epoch, so the parameters before step t are the snapshot after epoch t.
     x, y = synthetic.x_train, synthetic.y_train
     monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=2)
-    opt = optax.adam(1e-2)
+    opt = optax.adam(1e-3)  # a fresh optimiser: its programs are compiled here, and counted
     with caplog.at_level(logging.WARNING), jax.log_compiles():
         result = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), epochs=5, batch_size=300, monitor=monitor,
                            snapshot_epochs=range(6), progress=False, **FIT)
@@ -717,7 +720,7 @@ def test_monitor_in_lanes_and_compiled_once(synthetic, caplog):
 def test_monitor_state_is_not_checkpointed_and_resume_continues(synthetic, tmp_path):
     x, y = synthetic.x_train, synthetic.y_train
     monitor = _ProbeMonitor(jnp.asarray(x[:50]), jnp.asarray(y[:50]), every=4)
-    opt = optax.adam(1e-2)
+    opt = _ADAM
     common = dict(epochs=4, batch_size=30, progress=False, monitor=monitor, **FIT)
     full = train.fit(_state(opt, [8, 16, 4]), opt, (x, y), **common)
     path = tmp_path / "ckpt.npz"
