@@ -807,7 +807,7 @@ def fit(
             infinite. No checkpoint is written for that epoch, so the last good one stays on disk.
         ValueError: bad shapes or arguments.
     """
-    from tqdm.auto import tqdm
+    from fflab.progress import tqdm
 
     _check_loss_fn(loss_fn)
     epochs, batch_size = int(epochs), int(batch_size)
