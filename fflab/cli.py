@@ -32,7 +32,7 @@ from fflab.runs import CHECKPOINT, DATASET_DEFAULTS, DEFAULTS, METRICS
 __all__ = ["build_parser", "main"]
 
 # Settings that may differ when resuming: where the data live, how often to evaluate.
-_RESUME_FREE = ("data_dir", "eval_every")
+_RESUME_FREE = ("data_dir", "eval_every", "track_sharpness", "sharpness_samples")
 _MAX_SEED = 2**32 - 1
 _MAX_WIDTH = 2**24
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every", type=_int_in(1), default=1,
         help="evaluate the training and test sets every N epochs and after the last (1: the learning curves)",
     )
+    t.add_argument(
+        "--track-sharpness", type=_int_in(1), metavar="K",
+        help="record the Hessian's largest eigenvalue every K steps, warm-started (Adam: also the preconditioned "
+        "one); into metrics.json's history (off)",
+    )
+    t.add_argument(
+        "--sharpness-samples", type=_int_in(1, 2**31 - 1), metavar="N",
+        help="training samples the sharpness is measured on, the first N (1000)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--no-grad-norm", action="store_true",
@@ -212,7 +221,7 @@ def _check_interrupt(*_):
 
 # --- train ---
 
-_TRAIN_KEYS = (*DEFAULTS, "eval_every")
+_TRAIN_KEYS = (*DEFAULTS, "eval_every", "track_sharpness", "sharpness_samples")
 
 
 def _out_dir(text: str) -> Path:
@@ -352,6 +361,7 @@ def _train_locked(args, out: Path) -> int:
         f"epochs into {out}",
         flush=True,
     )
+    monitor = _sharpness_tracker(config, model, (ds.x_train, ds.y_train))
     tic = time.perf_counter()
     error = None
     try:
@@ -375,6 +385,7 @@ def _train_locked(args, out: Path) -> int:
             metadata={"data": record},
             progress=not args.no_progress,
             record_grad_norm=not args.no_grad_norm,
+            monitor=monitor,
         )
         history = result.history
     except train.NonFiniteLossError as e:
@@ -408,6 +419,24 @@ def _train_locked(args, out: Path) -> int:
         f"({metrics['seconds_per_epoch']:.2f} s/epoch of training); wrote {out / METRICS}"
     )
     return 0
+
+
+def _sharpness_tracker(config: dict, model, train_data):
+    """``--track-sharpness K``: the sharpness tracker on the first ``--sharpness-samples`` training samples."""
+    every = config.get("track_sharpness")
+    if not every:
+        return None
+    import jax
+
+    from analysis import sharpness
+    from fflab import train
+
+    n = min(config.get("sharpness_samples") or 1000, train_data[0].shape[0])
+    loss_fn = train.freeze(model.loss_fn) if model.stateful else model.loss_fn
+    return sharpness.tracker(
+        loss_fn, tuple(a[:n] for a in train_data), every=every, key=jax.random.key(config["seed"]),
+        preconditioner="adam" if config["optimizer"] in ("adam",) else None,
+    )
 
 
 def _mesh(devices: int | None, batch_size: int):

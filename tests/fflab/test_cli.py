@@ -106,6 +106,34 @@ def test_no_grad_norm_trains_the_same_network(tmp_path):
     assert a["history"]["train_loss"] == b["history"]["train_loss"] and a["test_error"] == b["test_error"]
 
 
+def test_track_sharpness_records_lambda_max_of_the_training_loss(tmp_path):
+    """``--track-sharpness K``: lambda_max every K steps on the first N samples, into metrics.json's history; the
+    first record (at the initial parameters) against jax.hessian + numpy on the same subset and loss."""
+    import jax
+    import numpy as np
+
+    from fflab import data, runs
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--epochs", "2", "--hidden", "8", "--no-progress",
+            "--track-sharpness", "6", "--sharpness-samples", "200", "--out", str(out)]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    assert history["monitor_step"] == [0, 6, 12, 18, 24]  # 14 steps an epoch, 28 in all
+    assert metrics["config"]["track_sharpness"] == 6 and "preconditioned_sharpness" not in history
+    ds = data.load("digits")
+    model, _, state = runs.build(metrics["config"], features=64, classes=10, train_samples=len(ds.x_train))
+    x, y = ds.x_train[:200], ds.y_train[:200]
+    flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+    H = jax.hessian(lambda v: model.loss_fn(unravel(v), x, y))(flat)
+    top = np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]
+    assert history["sharpness"][0] == pytest.approx(top, rel=1e-3)
+    assert all(s > 0 for s in history["sharpness"]) and history["sharpness_matvecs"][0] > 0
+    # A resumed run may track at another interval (it changes no trained number).
+    assert cli.main([*argv[:-6], "--track-sharpness", "7", "--out", str(out), "--resume"]) == 0
+
+
 def test_non_finite_loss_exits_2(tmp_path, capsys):
     out = tmp_path / "run"
     # A linear net with an absurd learning rate overflows within a few steps.
