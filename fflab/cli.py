@@ -507,14 +507,22 @@ def _report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fflab`` console script; returns the exit status (0 ok, 2 bad input, 130 ^C)."""
+def main(argv: list[str] | None = None, *, interrupted=None) -> int:
+    """The command line; returns the exit status (0 ok, 2 bad input, 130 ^C).
+
+    Args:
+        argv: the arguments (default: the process's).
+        interrupted: a function that says whether a Ctrl-C came before this call (``fflab.__main__`` records
+            those that arrive while the command line is imported).
+    """
     global _interrupted
     _interrupted = False
     previous = signal.signal(signal.SIGINT, _on_sigint)
+    _interrupted = bool(interrupted and interrupted())
     args = None
     try:
         args = build_parser().parse_args(argv)
+        _check_interrupt()
         status = args.handler(args)
         _check_interrupt()
         return status

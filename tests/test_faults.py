@@ -42,7 +42,7 @@ def _fail(capsys, argv, code=2):
 def _spawn(argv, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("JAX_ENABLE_X64", None)
-    return subprocess.Popen([sys.executable, "-m", "fflab.cli", *argv], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "fflab", *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
@@ -195,12 +195,26 @@ def test_ctrl_c_after_the_first_checkpoint_exits_130_and_resumes_to_the_same_his
 @pytest.mark.slow
 @pytest.mark.parametrize("when", [0.5, 1.0, 1.5, 2.0, 3.0])
 def test_ctrl_c_at_any_moment_exits_130(tmp_path, when):
+    # fflab holds Ctrl-C from the first line of its entry point (fflab/__main__.py) on; before that the
+    # interpreter imports its site module (and the .pth files of installed packages), and a Ctrl-C there ends
+    # Python itself ("Fatal Python error: init_import_site"). On a loaded machine that can take longer than
+    # the earliest moments tested here.
+    _skip_if_python_starts_slower_than(when / 2)
     _check_interrupted(*_interrupt_at(tmp_path, when), tmp_path)
+
+
+def _skip_if_python_starts_slower_than(seconds):
+    tic = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    startup = time.perf_counter() - tic
+    if startup > seconds:
+        pytest.skip(f"the interpreter alone takes {startup:.2f} s to start under this load")
 
 
 def test_ctrl_c_early_exits_130_with_nothing_to_resume(tmp_path):
     # At 1 s the run is loading JAX (a KeyboardInterrupt raised inside an import would become an ImportError):
     # the interrupt is recorded and honoured once the import is done.
+    _skip_if_python_starts_slower_than(0.5)
     code, err, out = _interrupt_at(tmp_path, 1.0)
     assert code == 130 and "Traceback" not in err and err.strip().count("\n") == 0
     assert not (out / "checkpoint.npz").exists() and "nothing to resume" in err

@@ -166,7 +166,7 @@ def test_module_entry_point_has_no_traceback(tmp_path):
         [
             sys.executable,
             "-m",
-            "fflab.cli",
+            "fflab",
             "train",
             "--dataset",
             "digits",
