@@ -6,28 +6,30 @@ Two numbers, measured in one run:
    :func:`analysis.sharpness.top_eigenpair` from the previous record's top eigenvector. At the same
    parameters, data subset and tolerance, a cold start from a random vector needs how many Hessian-vector
    products? Target: every warm record after the first uses at most a third of the cold start's products.
-2. **Overhead.** Full-batch gradient descent (Cohen et al. 2021's set-up, scaled down: a tanh MLP on a few
-   thousand Fashion-MNIST images, float32) with the compiled epoch of :func:`fflab.train.make_train_epoch`,
-   with and without the tracker (``lambda_max`` every ``--every`` steps on the first ``--subset`` training
-   images, a quarter of them by default: on the whole set a record would cost about four times as much).
-   Both run through :func:`fflab.train.fit` (one step per epoch), in halves in ABBA order (plain, tracked,
+2. **Overhead.** Full-batch gradient descent in the set-up of ``experiments/edge_of_stability.py`` (FULL: its
+   tanh MLP, squared loss, initialisation and data, a few thousand pooled Fashion-MNIST images, float32, at its
+   largest eta) with the compiled epoch of :func:`fflab.train.make_train_epoch`, with and without the tracker
+   (``lambda_max`` every ``--every`` steps, 20 by default as the issue asks, on the experiment's subset).
+   Both run through :func:`fflab.train.fit` (one step per epoch, one lane where the experiment trains three
+   together: tracking and training both scale with the lanes), in halves in ABBA order (plain, tracked,
    tracked, plain), and train the same trajectory (checked). Target: at most 25% more time, judged on the
    process's CPU time (``time.process_time``, all threads), which load from other processes hardly moves;
    the wall time (fit's ``train_seconds``) is printed too, and on a shared machine it can swing either way.
 
-With the defaults (4,000 images, eta = 0.05) the run passes through both of Cohen et al.'s phases: the
-sharpness settles from its initial 60 to about 38, rises ("progressive sharpening") and reaches 2 / eta = 40
-after about 250 steps, then hovers there ("the edge of stability"). The warm-start ratio is reported for each
-phase: the initial fall (records before the sharpness's minimum), sharpening, and the edge (from the first
-later record at 0.95 * 2 / eta on).
+With the defaults the run passes through both of Cohen et al.'s phases: the sharpness dips from its initial
+value, rises ("progressive sharpening") and reaches 2 / eta, then hovers there ("the edge of stability"). The
+warm-start ratio is reported for each phase: the initial fall (records before the sharpness's minimum),
+sharpening, and the edge (from the first later record at 0.95 * 2 / eta on).
 
-Run from the repository root: ``python -m benchmarks.sharpness_bench [--n 4000] [--subset 1000]
-[--steps 600] [--every 20] [--lr 0.05] [--json PATH]``.
+Run from the repository root: ``python -m benchmarks.sharpness_bench [--n N] [--pool P] [--subset S]
+[--steps 3600] [--every 20] [--lr ETA] [--json PATH]`` (the defaults not given are the experiment's FULL ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import time
 
 import jax
@@ -37,7 +39,8 @@ import optax
 
 from analysis import curvature, sharpness
 from benchmarks._timing import print_table
-from fflab import data, presets, train
+from experiments import edge_of_stability as eos
+from fflab import mlp, train
 from fflab.files import write_json
 
 WARM_TARGET = 1 / 3
@@ -45,30 +48,33 @@ OVERHEAD_TARGET = 0.25
 
 
 def parse(argv=None) -> argparse.Namespace:
+    full = eos.FULL  # the defaults are the edge_of_stability experiment's FULL set-up, at its largest eta
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or digits")
-    p.add_argument("--n", type=int, default=4000, help="training images (full batch)")
-    p.add_argument("--subset", type=int, default=1000, help="images the sharpness is measured on")
-    p.add_argument("--hidden", default="200,200", help="hidden widths")
-    p.add_argument("--activation", default="tanh")
-    p.add_argument("--lr", type=float, default=0.05, help="gradient descent step size eta")
-    p.add_argument("--steps", type=int, default=600, help="gradient descent steps")
+    p.add_argument("--dataset", default=full.dataset, help="fashion-mnist (default) or digits")
+    p.add_argument("--n", type=int, default=full.samples, help="training images (full batch)")
+    p.add_argument("--pool", type=int, default=full.pool, help="average-pool pool x pool pixel blocks")
+    p.add_argument("--subset", type=int, default=full.subset, help="images the sharpness is measured on")
+    p.add_argument("--hidden", default=",".join(map(str, full.hidden)), help="hidden widths")
+    p.add_argument("--activation", default=full.activation)
+    p.add_argument("--lr", type=float, default=full.etas[0], help="gradient descent step size eta")
+    p.add_argument("--steps", type=int, default=3600, help="gradient descent steps (the edge from about 2,800)")
     p.add_argument("--every", type=int, default=20, help="steps between sharpness records")
     p.add_argument("--tol", type=float, default=1e-4, help="relative eigenvalue accuracy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=full.seed)
     p.add_argument("--json", help="write the numbers here")
     return p.parse_args(argv)
 
 
 def problem(args):
-    """``(loss_fn, params, x, y)``: the MLP and the first ``n`` training images, flattened, in float32."""
-    ds = data.load(args.dataset)
-    x = np.asarray(ds.x_train[: args.n], np.float32).reshape(args.n, -1)
-    y = np.asarray(ds.y_train[: args.n])
-    model = presets.classifier(args.activation)
-    sizes = [x.shape[1], *(int(h) for h in args.hidden.split(",") if h), ds.num_classes]
-    params, _ = model.init(jax.random.key(args.seed), sizes, dtype=jnp.float32)
-    return model.loss_fn, params, jnp.asarray(x), jnp.asarray(y)
+    """``(loss_fn, params, x, targets)``: the experiment's squared loss, MLP, initialisation and data (its
+    :func:`experiments.edge_of_stability.load`: a fixed subset of ``n`` images, pooled and standardised)."""
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    config = dataclasses.replace(eos.FULL, dataset=args.dataset, samples=args.n, pool=args.pool, hidden=hidden,
+                                 activation=args.activation, seed=args.seed)
+    x, targets = eos.load(config)
+    params = mlp.init(jax.random.key(args.seed), [x.shape[1], *hidden, targets.shape[1]], init=config.init,
+                      dtype=config.dtype)
+    return functools.partial(eos.squared_loss, activation=args.activation), params, x, targets
 
 
 def run(args) -> dict:
