@@ -4,15 +4,13 @@
 writes the gallery. ``fflab list/run/report`` reach the experiments only through these three functions.
 """
 
-from __future__ import annotations
-
 import ast
 import importlib
 import time
 from pathlib import Path
 
 from experiments import _common
-from fflab.files import FolderLock, jsonable, read_json, write_json
+from fflab.files import FolderLock, atomic_write, jsonable, read_json, write_json
 
 __all__ = ["NAMES", "describe", "load", "report", "run"]
 
@@ -243,7 +241,5 @@ def report(out_dir=None) -> Path:
         raise ValueError(f"no experiment results in {str(out)!r}: run `fflab run all` first")
     path = out / "README.md"
     text = "\n".join(lines)
-    from fflab.files import atomic_write
-
     atomic_write(path, lambda f: f.write(text.encode()))
     return path

@@ -14,10 +14,7 @@ Also here, because two or more experiments use them: the lecture's tiny example 
 and :func:`small_jit`, the one place where compile-time tuning lives.
 """
 
-from __future__ import annotations
-
 import argparse
-import ast
 import dataclasses
 import functools
 import math
@@ -79,8 +76,9 @@ def both(*verdicts: tuple[bool, float]) -> tuple[bool, float]:
 
 
 def save(name: str, config, results: dict, claims: list[dict], out_dir, *, checks: list[dict] = (),
-         notes: str = "") -> dict:
-    """Save ``{"name", "config", "results", "claims", "checks", "notes"}`` to ``out_dir/name.json``.
+         notes: str = "", plot=None) -> dict:
+    """Save ``{"name", "config", "results", "claims", "checks", "notes"}`` to ``out_dir/name.json``, then draw
+    the figures from the saved numbers with ``plot(payload, out_dir)`` if given.
 
     ``notes`` is printed under the experiment in the gallery: say there why a claim does not hold, what the
     cited paper's set-up was and what ours is, or what stands in for what (Fashion-MNIST for MNIST, say).
@@ -93,6 +91,8 @@ def save(name: str, config, results: dict, claims: list[dict], out_dir, *, check
         "checks": list(checks), "notes": notes,
     })
     write_json(Path(out_dir) / f"{name}.json", payload)
+    if plot is not None:
+        plot(payload, out_dir)
     return payload
 
 
@@ -180,14 +180,6 @@ def default_out(quick: bool) -> Path:
     return QUICK_OUT if quick else FIGURES
 
 
-def description(path: Path) -> str:
-    """The module's ``DESCRIPTION`` string, read from its source without importing it (no JAX)."""
-    for node in ast.parse(Path(path).read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DESCRIPTION" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return ""
-
-
 def configure(module, *, quick: bool, overrides: dict | None = None):
     """The module's QUICK or FULL config with ``overrides`` applied to the fields it has.
 
@@ -229,7 +221,9 @@ def _coerce(value, current, key):
 
 
 def module_cli(module, argv=None) -> int:
-    """``python -m experiments.NAME [--quick] [--dataset D] [--data-dir DIR] [--out DIR] [--set k=v]``."""
+    """``python -m experiments.NAME [--quick] [--dataset D] [--data-dir DIR] [--out DIR] [--set k=v]``; ``module``
+    is the experiment module or its ``__name__``."""
+    module = sys.modules[module] if isinstance(module, str) else module
     spec = getattr(module, "__spec__", None)  # under `python -m` it is __main__; its spec has the name
     name = spec.name if spec is not None else module.__name__
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=module.DESCRIPTION)

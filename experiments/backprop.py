@@ -6,7 +6,6 @@ one matrix product per layer, at a cost linear in depth. We count and time both 
 """
 
 import math
-import sys
 import timeit
 from dataclasses import dataclass
 
@@ -190,13 +189,12 @@ def main(config: Config, out_dir) -> dict:
 
     growth = {"path_sum": growth_per_layer(timing["depth"], timing["path_sum_seconds"]),
               "backprop": growth_per_layer(costs["depth"], costs["backprop_seconds"])}
-    (exp_holds, exp_margin), (lin_holds, lin_margin) = (_common.above(growth["path_sum"], GROWTH),
-                                                        _common.below(growth["backprop"], GROWTH))
     claims = [_common.claim(f"summing over all paths takes time exponential in depth: the path sum for dy/dx grows by "
-                            f"more than {GROWTH}x per hidden layer", growth["path_sum"], exp_holds, margin=exp_margin),
+                            f"more than {GROWTH}x per hidden layer", growth["path_sum"],
+                            _common.above(growth["path_sum"], GROWTH)),
               _common.claim(f"backprop's time grows only linearly, by less than {GROWTH}x per hidden layer (the "
                             f"{config.n_in}-{config.width}-...-{config.n_out} net's gradient)", growth["backprop"],
-                            lin_holds, margin=lin_margin)]
+                            _common.below(growth["backprop"], GROWTH))]
     worst = {k: max(e[k] for e in exact.values()) for k in next(iter(exact.values()))}  # over the activations
     depths, flops, macs = costs["depth"], np.asarray(costs["xla_flops"]), np.asarray(costs["backprop_macs"], float)
     residual = float(np.max(np.abs(np.polyval(np.polyfit(depths, flops, 1), depths) - flops) / flops))
@@ -219,9 +217,7 @@ def main(config: Config, out_dir) -> dict:
              f"time, best of {config.repeats} runs), growth per layer fitted over the deeper half of the depths: "
              f"{growth['path_sum']:.2f}x for the path sum ({config.timing_width}x in the limit), "
              f"{growth['backprop']:.2f}x for backprop. Times depend on the machine and its load.")
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
@@ -247,4 +243,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

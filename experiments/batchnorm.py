@@ -15,10 +15,7 @@ hidden layer on ``probe_samples`` test images (BN with those images' own statist
 net's modes: mini-batch statistics (the test set as one batch), running averages, population statistics.
 """
 
-from __future__ import annotations
-
 import functools
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -239,9 +236,7 @@ def main(config: Config, out_dir) -> dict:
                   f"{1 / (1 - config.bn_momentum):.0f} mini-batches, while the weights still move at rate {base:g}) "
                   f"give {acc['running_averages']:.2f}% "
                   f"against {acc['population']:.2f}% with the population statistics that the paper's inference uses.")
-    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, notes=notes, plot=plot)
 
 
 _COLORS = {"plain": "C0", "batchnorm": "C3"}
@@ -249,8 +244,7 @@ _LABELS = {"plain": "without BN", "batchnorm": "with BN"}
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, config = payload["results"], payload["config"]
+    plt, r, config = _common.style(), payload["results"], payload["config"]
     curves = r["curves"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), layout="constrained")
     for s in SETTINGS:
@@ -294,4 +288,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -7,10 +7,7 @@ where the gradient is a product of 50 slopes and a plain step "catapults the par
 norm to ``c`` bounds every step by ``lr * c``. Then a deep relu MLP under plain SGD at high rates, clipped or not.
 """
 
-from __future__ import annotations
-
 import math
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -113,9 +110,7 @@ def descend(starts: jax.Array, lr, clips: jax.Array, ticks: jax.Array) -> tuple[
 
 def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
     """The lecture's claims (with margins) and the identity checks, from the named results ``r`` of main."""
-    def claim(text, measured, verdict):
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
+    claim = _common.claim
     top, div, frac = max(config.learning_rates), r["diverged"], r["success_fraction"]
     total = {k: sum(v for run, v in div.items() if run.endswith(f"/{k}")) for k in CLIPS}
     top_share = {k: div[f"{top:g}/{k}"] / config.seeds for k in CLIPS}
@@ -140,8 +135,7 @@ def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
                       r["max_step"]["clipped_any_start"], r["max_step"]["clipped_any_start"] <= bound * (1 + 1e-9))]
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     with jax.enable_x64(True):  # the cliff: the grid and a line through the wall, then the descents
         w, b = np.linspace(*config.w_range, config.grid), np.linspace(*config.b_range, config.grid)
         grid = np.stack([a.ravel() for a in np.meshgrid(w, b)], 1)
@@ -209,14 +203,11 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
              "diverges when its loss turns non-finite or ends above its start.")
     if config.dataset == "fashion-mnist":
         notes += f" It trains on Fashion-MNIST ({n} images) standing in for MNIST, which cannot be downloaded here."
-    payload = _common.save(NAME, config, results, claim_list, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claim_list, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, config = payload["results"], payload["config"]
+    plt, r, config = _common.style(), payload["results"], payload["config"]
     c, rates = r["cliff"], config["learning_rates"]
     extent = (c["w"][0], c["w"][-1], c["b"][0], c["b"][-1])
     fig, axes = plt.subplots(2, 3, figsize=(17, 9), gridspec_kw={"wspace": 0.35, "hspace": 0.35})
@@ -262,4 +253,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

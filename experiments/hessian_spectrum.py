@@ -13,10 +13,7 @@ gradient-Newton angle over a log grid of ``mu``, and the Fisher (Gauss-Newton) m
 the parameter arrays as blocks, each scaled by its diagonal blocks (:func:`analysis.spectrum.block_coupling`).
 """
 
-from __future__ import annotations
-
 import functools
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -132,11 +129,9 @@ def analyse(H, F, g, blocks, mus, keep: int) -> dict:
     by_mag = eigs[np.argsort(-np.abs(eigs), kind="stable")]  # largest |lambda| first, as Vatanen et al. plot
     ranks = np.unique(np.round(np.linspace(0, eigs.size - 1, min(keep, eigs.size))).astype(int))
     return {"P": int(eigs.size), "summary": s._asdict(), "spread_log10_std": s.log10_std, "eig_ranks": ranks,
-            "decades": spectrum.decades_below_top(eigs),
-            "eig_values": by_mag[ranks], "fisher_blocks_scaled": dd(F, blocks, scaled=True),
-            "hessian_blocks_scaled": dd(H, blocks, scaled=True), "hessian_blocks": dd(H, blocks),
-            "hessian_elements": dd(H),
-            "angles": newton_angles(eigs, U.T @ g, mus)}
+            "decades": spectrum.decades_below_top(eigs), "eig_values": by_mag[ranks],
+            "fisher_blocks_scaled": dd(F, blocks, scaled=True), "hessian_blocks_scaled": dd(H, blocks, scaled=True),
+            "hessian_blocks": dd(H, blocks), "hessian_elements": dd(H), "angles": newton_angles(eigs, U.T @ g, mus)}
 
 
 def run_variant(variant: str, config: Config, x, y) -> dict:
@@ -204,10 +199,8 @@ def main(config: Config, out_dir) -> dict:
              "tail scores a smaller spread) and the Hessian's shares (blocks scaled / blocks / elements): " + "; ".join(
                  f"{v} {table[v]['spread'][-1]:.3f}, " + " / ".join(f"{table[v][k][-1]:.3f}" for k in SHARES[1:])
                  for v in VARIANTS) + ".")
-    payload = _common.save(NAME, config, {"mus": mus, "epochs": epochs, "table": table, "runs": runs}, claims,
-                           out_dir, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, {"mus": mus, "epochs": epochs, "table": table, "runs": runs}, claims,
+                        out_dir, notes=notes, plot=plot)
 
 
 _COLORS = {"plain": "C0", "transform": "C2", "transform_gamma": "C1", "batchnorm": "C3"}
@@ -216,8 +209,7 @@ _LABELS = {"plain": "no transformations", "transform": "transformed (Raiko)",
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r = payload["results"]
+    plt, r = _common.style(), payload["results"]
     e, mus, t = str(r["epochs"][-1]), np.asarray(r["mus"]), r["table"]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6), layout="constrained", width_ratios=(1.3, 1.1, 0.8, 0.8))
     for v in VARIANTS:
@@ -247,4 +239,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -8,7 +8,6 @@ balance. We measure both on a tapering relu net, train each scheme, and redo thr
 import contextlib
 import functools
 import math
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -153,9 +152,7 @@ def _main(config: Config, out_dir) -> dict:
         top = (spectra := saxe_spectra(keys[5], config.saxe_n, SAXE_DEPTH, scheme))[SAXE_DEPTH]
         saxe[scheme] = {"spectra": {str(d): v for d, v in spectra.items()}, "below_0.1": float(np.mean(top < 0.1)),
                         "max_abs_deviation_from_1": float(np.max(np.abs(top - 1)))}
-
-    def claim(text, measured, verdict):  # verdict: (holds, margin) from _common.above / below / both
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
+    claim = _common.claim
     keep, gb_ratio = {s: training[s]["decrease"] for s in KEEPERS}, {k: v["ratio_1_to_last"] for k, v in gb.items()}
     claims = [
         claim("he_forward, std sqrt(2/n_in), keeps the forward signal: end-to-end gain within a factor 2",
@@ -205,9 +202,7 @@ def _main(config: Config, out_dir) -> dict:
              f"not 2 (per draw: {listed['gb']}); He init at a fall of {he_fall['he_forward']:.3f}, not 0.5 (per seed: "
              f"{listed['he']}); see the papers' figure's last panel." + (
                  f" Fashion-MNIST (its first {n} images) stands in for MNIST." if "fashion" in config.dataset else ""))
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
@@ -277,4 +272,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

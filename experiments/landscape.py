@@ -6,9 +6,6 @@ with batch norm, along the line from initialisation to the solution [Goodfellow 
 the solution along filter-normalised Gaussian directions [Li et al. 2018].
 """
 
-from __future__ import annotations
-
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -121,8 +118,7 @@ def make_claims(config: Config, per: dict) -> list[dict]:
     ]]
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     per = {net: evaluate(config, ds, net, jax.random.fold_in(jax.random.key(config.seed + 7), i))
            for i, net in enumerate(NETS)}
@@ -136,14 +132,11 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         "plane drawn. In eval mode BN's weights are not scale-free: filter normalisation does not make the slices "
         "fully comparable."
     )
-    payload = _common.save(NAME, config, {"nets": per}, make_claims(config, per), out_dir, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, {"nets": per}, make_claims(config, per), out_dir, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    per = payload["results"]["nets"]
+    plt, per = _common.style(), payload["results"]["nets"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for net, r in per.items():
         for name, ls_ in (("train", "-"), ("test", "--")):
@@ -167,4 +160,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -9,8 +9,6 @@ MNIST is not downloadable on the machines this project is built on: the full con
 (same format and split). ``fflab run mnist_mlp --dataset mnist --data-dir DIR`` runs the lecture's setting.
 """
 
-from __future__ import annotations
-
 import math
 import sys
 from dataclasses import dataclass
@@ -63,17 +61,10 @@ FULL = Config()
 
 
 def filter_smoothness(w1: np.ndarray, image_shape, mask: np.ndarray) -> float:
-    """Correlation of the weights of horizontally and vertically adjacent pixels, pooled over all filters.
-
-    Independent random weights give about 0; smooth, stroke-like filters give a clearly positive value. Only
-    pixel pairs where both pixels are in ``mask`` (inputs that vary in the data) count, since weights on
-    constant-zero pixels get no gradient and keep their random initial values.
-
-    Args:
-        w1: ``(d, H)`` first-layer weights.
-        image_shape: ``(rows, cols)`` with ``rows * cols == d``.
-        mask: ``(d,)`` bool.
-    """
+    """Correlation of the weights of horizontally and vertically adjacent pixels, pooled over all filters of
+    ``w1 (d, H)`` (images of ``image_shape``, ``rows * cols == d``): about 0 for independent random weights, clearly
+    positive for smooth, stroke-like filters. Only pairs of pixels that are both in ``mask (d,)`` (inputs that vary
+    in the data) count: weights on constant-zero pixels get no gradient and keep their random initial values."""
     rows, cols = image_shape
     f = np.asarray(w1, np.float64).T.reshape(-1, rows, cols)
     m = np.asarray(mask, bool).reshape(rows, cols)
@@ -87,13 +78,8 @@ def filter_smoothness(w1: np.ndarray, image_shape, mask: np.ndarray) -> float:
 
 
 def mosaic(w1: np.ndarray, image_shape) -> np.ndarray:
-    """Tile the ``H`` columns of a ``(d, H)`` weight matrix as images on a near-square grid.
-
-    Each filter is scaled by its own largest ``|w|`` to ``[-1, 1]``; the one-pixel gaps are NaN.
-
-    Returns:
-        ``(grid_rows * (rows + 1) - 1, grid_cols * (cols + 1) - 1)`` float array.
-    """
+    """The ``H`` columns of a ``(d, H)`` weight matrix tiled as images on a near-square grid, each scaled by its own
+    largest ``|w|`` to ``[-1, 1]``, one-pixel gaps NaN: ``(grid_rows * (rows + 1) - 1, grid_cols * (cols + 1) - 1)``."""
     rows, cols = image_shape
     w1 = np.asarray(w1, np.float64)
     n = w1.shape[1]
@@ -108,8 +94,7 @@ def mosaic(w1: np.ndarray, image_shape) -> np.ndarray:
     return out
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = Path(out_dir or _common.default_out(config == QUICK))
+def main(config: Config, out_dir) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     sizes = [ds.x_train.shape[1], *config.hidden, ds.num_classes]
     image_shape, mask = tuple(ds.image_shape), ds.x_train.std(axis=0) > 0.1  # weights on blank pixels never move
@@ -150,26 +135,25 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     h = fit.history
     final_test, target = h["test_error"][-1], TARGETS.get(config.dataset, 10.0)
     units = min(config.filter_units, w1[0].shape[1])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     shown = np.stack([w[:, :units] / np.abs(w[:, :units]).max(axis=0) for w in w1.values()])
-    np.savez_compressed(out_dir / FILTERS_FILE, epochs=np.array(list(w1)), image_shape=np.array(image_shape),
+    np.savez_compressed(Path(out_dir) / FILTERS_FILE, epochs=np.array(list(w1)), image_shape=np.array(image_shape),
                         w1=np.round(127 * shown).astype(np.int8))
 
-    error_holds, error_margin = _common.below(final_test, target)
-    w1_holds, w1_margin = _common.both(_common.below(abs(corr[0]), 0.1), _common.above(corr[config.epochs], 0.25))
-    over_holds, over_margin = _common.both(_common.above(rise(over), 1.2),
-                                           _common.below(over["train_loss"][-1], over["train_loss"][best]))
+    error = _common.below(final_test, target)
     claims = [
         _common.claim(f"the example network reaches a low test error (lecture: ~1.2% on MNIST); target on "
-                      f"{config.dataset}: < {target}% (final test error, %)", final_test, error_holds,
-                      margin=error_margin),
+                      f"{config.dataset}: < {target}% (final test error, %)", final_test, error),
         _common.claim("W1 itself goes from random noise to smooth, stroke-like filters: adjacent-pixel weight "
                       "correlation of W1 at init ~0 (|.| < 0.1), after training > 0.25 (init, final)",
-                      [corr[0], corr[config.epochs]], w1_holds, margin=w1_margin),
+                      [corr[0], corr[config.epochs]],
+                      _common.both(_common.below(abs(corr[0]), 0.1), _common.above(corr[config.epochs], 0.25))),
         _common.claim(f"overfitting: on {config.overfit_samples} training images without weight decay, training "
                       "on past the fit raises the test loss (final / minimum test cross-entropy > 1.2) while "
                       "the training loss still falls (ratio, final train loss, at the test minimum)",
-                      [rise(over), over["train_loss"][-1], over["train_loss"][best]], over_holds, margin=over_margin),
+                      [rise(over), over["train_loss"][-1], over["train_loss"][best]],
+                      _common.both(_common.above(rise(over), 1.2),
+                                   _common.below(over["train_loss"][-1], over["train_loss"][best]))),
     ]
     results = {
         "history": h, "sizes": sizes, "n_train": len(ds.x_train), "n_test": len(ds.x_test),
@@ -196,19 +180,16 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         + ", ".join(f"{k}: {v['corr'][config.epochs]:.2f} (epoch 1: {v['corr'].get(1, math.nan):.2f}, test "
                     f"error {v['test_error']:.2f}%)" for k, v in structure.items())
         + f". The learned change W1 - W1_init of the example has correlation {learned[config.epochs]:.2f}. The "
-        f"test-error verdict has a margin of {error_margin:+.1%}; over the set-ups the final test error spans "
+        f"test-error verdict has a margin of {error[1]:+.1%}; over the set-ups the final test error spans "
         f"{min(errors := [v['test_error'] for v in structure.values()]):.2f}-{max(errors):.2f}%. "
         f"Overfitting: {config.overfit_samples} training images, constant step {config.learning_rate}, "
         f"{config.overfit_epochs} epochs; the full-data example's test loss ends at {rise(h):.2f}x its minimum."
     )
-    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, cfg = payload["results"], payload["config"]
+    plt, r, cfg = _common.style(), payload["results"], payload["config"]
     h, o = r["history"], r["overfit"]["history"]
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2), layout="constrained")
     for ax, hist in ((axes[0], h), (axes[2], o)):
@@ -252,4 +233,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -6,9 +6,6 @@ gradient descent's. Near the zero saddle of a small tanh net Newton's method cli
 (Dauphin et al. 2014) escapes. The CPU time of a dense Newton step against the number of parameters P.
 """
 
-from __future__ import annotations
-
-import sys
 import time
 from dataclasses import dataclass
 
@@ -55,8 +52,7 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(max_iters=5000, newton_iters=15, cost_hidden=(2, 4), cost_fit=2, cost_repeats=2)
-FULL = Config()
+QUICK, FULL = Config(max_iters=5000, newton_iters=15, cost_hidden=(2, 4), cost_fit=2, cost_repeats=2), Config()
 
 
 def lecun_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,9 +175,7 @@ def main(config: Config, out_dir) -> dict:
 
     # ---- claims and checks
     it = {k: v["iterations"] or np.inf for k, v in cond.items()}
-
-    def claim(text, measured, verdict):  # verdict: (holds, margin) from _common.above / below / both
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
+    claim = _common.claim
 
     def cubic(name, **more):
         e, se = exponent[name]
@@ -235,14 +229,11 @@ def main(config: Config, out_dir) -> dict:
         f"{config.cost_repeats} CPU times (one BLAS thread, float64) of analysis.hessian and numpy's LU solve for "
         f"64-h-10 tanh MLPs on {config.cost_samples} random inputs. LU takes 2/3 P^3 flops, the Hessian P products of "
         "O(N P) each: the step turns cubic only where the solve dominates; its exponent grows with the fit window's P.")
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, config = payload["results"], payload["config"]
+    plt, r, config = _common.style(), payload["results"], payload["config"]
     lc, rate, w_star = r["lecun"], config["newton_rate"], np.asarray(r["lecun"]["w_star"])
 
     # ---- LeCun's figure: ellipses in w, circles in u = Lambda^1/2 U^T (w - w*); the same paths on both
@@ -297,4 +288,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

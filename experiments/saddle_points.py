@@ -13,10 +13,7 @@ most local minima are close to the global minimum; noisy gradient g helps in esc
    correlation length), by Newton's method on the gradient from random starts, classified by Hessian signs.
 """
 
-from __future__ import annotations
-
 import functools
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -114,9 +111,9 @@ def _lbfgs(loss, params, x, y, *, steps):
 
 def critical_points(loss, starts, args, *, method, max_iter, grad_tol, dims=None) -> tuple[list[dict], int]:
     """The distinct critical points the root finder (``method``, or one per start) reaches from ``starts`` (each with
-    the spectrum of the leading
-    ``dims x dims`` Hessian block, its kind and index), and how many searches converged. Equal loss and spectrum
-    make one point (or its copy under a network symmetry), kept once in loss order, counting its ``copies``."""
+    the spectrum of the leading ``dims x dims`` Hessian block, its kind and index), and how many searches converged.
+    Equal loss and spectrum make one point (or its copy under a network symmetry), kept once in loss order, counting
+    its ``copies``."""
     found, methods = [], [method] * len(starts) if isinstance(method, str) else method
     for p0, how in zip(starts, methods, strict=True):
         res = analysis.critical.find_critical_point(loss, p0, *args, method=how, max_iter=max_iter, grad_tol=grad_tol)
@@ -145,9 +142,7 @@ def escape_steps(curves, saddle_loss, best_loss, drop, tick, budget) -> np.ndarr
 
 def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
     """The lecture's claims (with margins) and the checks, from the named results ``r`` of main."""
-    def claim(text, measured, verdict):
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
+    claim = _common.claim
     net, esc, fld = r["net"], r["escape"], r["fields"]
     share = dict(zip(fld["dims"], fld["minima_share"], strict=True))
     n_min = {c["d"]: c["minimum"] for c in fld["counts"]}
@@ -183,8 +178,7 @@ def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
     ]
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     with jax.enable_x64(True):  # the index needs eigenvalues ~1e-4 resolved next to ~1
         # 1. The net: SGD paths, L-BFGS from their ends, and the root finder from every point.
         ds = data.load("synthetic", seed=config.seed, n_train=config.n_train, n_test=1, dim=config.dim,
@@ -310,17 +304,14 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         "1, 1/4 for d = 2 (saddles = minima + maxima there), exponentially few as d grows (Bray & Dean 2007). "
         "Fails on this run: " + ("; ".join(c["text"].split(":")[0] for c in claim_list if not c["holds"])
                                  or "none") + ".")
-    payload = _common.save(NAME, config, r, claim_list, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, r, claim_list, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 _KINDS = {"minimum": "tab:green", "saddle": "tab:orange", "maximum": "tab:red", "degenerate": "tab:gray"}
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, config = payload["results"], payload["config"]
+    plt, r, config = _common.style(), payload["results"], payload["config"]
     fig, ((ax_net, ax_esc), (ax_2d, ax_dim)) = plt.subplots(2, 2, figsize=(15, 10))
     pic, best = r["fields"]["picture"], r["net"]["best_loss"]  # net losses crowd above the best: symlog gap
     grid = np.linspace(-0.1 * pic["side"], 1.1 * pic["side"], 150)
@@ -371,4 +362,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -6,9 +6,6 @@ diagonal map ``theta -> theta_c``: ``g_c = A^-1 g``, ``H_c = A^-1 H A^-1`` (same
 sizes). Newton's step ``A H^-1 g`` is equivariant, gradient descent's is not. Powers of two keep every rescaling exact.
 """
 
-from __future__ import annotations
-
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -131,10 +128,7 @@ def main(config: Config, out_dir) -> dict:
     lam_max = np.array([r["lambda_max"] for r in rows])
     distance = min(r["function_distance"] for i, r in enumerate(rows) if i != ref)
     block_err = max(abs(r["block_ratio"] / (r["c"] ** -4 * rows[ref]["block_ratio"]) - 1) for r in rows)
-
-    def claim(text, measured, verdict):  # verdict: (holds, margin) from _common.above / below / both
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
+    claim = _common.claim
     claims = [
         claim(f"gradient descent from equivalent points follows different paths in function space: the outputs "
               f"y_k = w1 w2 of the tiny model's runs from c = {list(config.scales)} differ by more than 0.05",
@@ -169,9 +163,7 @@ def main(config: Config, out_dir) -> dict:
              f"c). Tiny starts with equal c^2 w1^2 + w2^2 / c^2 (c, {config.tiny_start[1] / config.tiny_start[0]:.2f} "
              "/ c) take one GD path in function space: the first claim fails for such a pair. Some float32 MLP paths "
              "amplify rounding: a changed summation order moved c = 0.25's final loss in the 4th digit.")
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
@@ -226,4 +218,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

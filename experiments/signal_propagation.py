@@ -10,7 +10,6 @@ and of ``delta_l`` under a fixed ``N(0, 1)`` output cotangent (:func:`fflab.sign
 """
 
 import math
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -80,15 +79,15 @@ def main(config: Config, out_dir) -> dict:
                              _common.above(tanh_large["backward_slope"], 0.1))
     claims = [
         _common.claim(f"relu at 1x (He): the signal stays level, within a factor 2 over {L} layers (max/min rms, "
-                      "forward and backward)", spread, level[0], margin=level[1]),
+                      "forward and backward)", spread, level),
         _common.claim("relu at 0.5x / 2x: the signal decays / grows exponentially, by the factor scale per layer "
                       "(fitted slope of log rms within 0.03 of log(scale), forward and backward)", slope_error,
-                      exponential[0], margin=exponential[1]),
+                      exponential),
         _common.claim("tanh at 0.5x: small signals see tanh as linear and decay like relu's, slope log(0.5) "
-                      "(within 0.05)", tanh_small, linear_regime[0], margin=linear_regime[1]),
+                      "(within 0.05)", tanh_small, linear_regime),
         _common.claim(f"tanh at 2x: the forward signal saturates (rms of the logits after {L} layers below 100, "
                       "not 2^L) while the gradient still grows exponentially backwards (slope above 0.1 per layer)",
-                      tanh_large, saturates[0], margin=saturates[1]),
+                      tanh_large, saturates),
     ]
     shift = {s: max(float(np.max(np.abs(relu[s][k] - relu["1.0"][k] - np.arange(len(relu[s][k])) * math.log(
         float(s))))) for k in ("log_rms_forward", "log_rms_backward")) for s in ("0.5", "2.0")}
@@ -101,9 +100,7 @@ def main(config: Config, out_dir) -> dict:
              f"halved. Tanh at 1x loses signal slowly (rms x{math.exp(t1['log_rms_forward'][-1]):.2f} forward after "
              f"{L} layers, x{math.exp(t1['log_rms_backward'][-1]):.2f} backward), as tanh' < 1 away from 0. The "
              "claims need wide layers: at width 4 all four fail (the tests run it).")
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
@@ -126,4 +123,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -1,11 +1,8 @@
 """How often is a relu unit on? Per layer of the example net, a histogram over units of how often ``h_i > 0``; then SGD
 at several constant steps and seeds (one lane each), counting units never on over the training set (dead for good)."""
 
-from __future__ import annotations
-
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +38,7 @@ QUICK = Config(dataset="digits", hidden=(64, 36), learning_rate=0.3, sweep_epoch
 FULL = Config(learning_rates=(0.03, 0.1, 0.2, 0.3, 0.5, 1.0))
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = Path(out_dir or _common.default_out(config == QUICK))
+def main(config: Config, out_dir) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     sizes = [ds.x_train.shape[1], *config.hidden, ds.num_classes]
     model = fflab.classifier("relu")
@@ -84,18 +80,16 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
     dead_train = signals.dead_units(params, ds.x_train)
     mean_freq = [float(f.mean()) for f in freq]
 
-    dead_holds, dead_margin = _common.above(most_dead, 0)
-    grow_holds, grow_margin = _common.both(_common.above(rho, 0.5), _common.above(highest, lowest))
-    sparse_holds, sparse_margin = _common.below(max(mean_freq), 0.5)
+    sparse = _common.below(max(mean_freq), 0.5)
     claims = [  # the third is the slide's title ("On sparsity") made testable
         _common.claim("sometimes units become completely dead: most dead units in one run of the sweep > 0 (and "
                       "dead units of the trained net per layer)",
-                      {"sweep_max": most_dead, "trained": dead_train}, dead_holds, margin=dead_margin),
+                      {"sweep_max": most_dead, "trained": dead_train}, _common.above(most_dead, 0)),
         _common.claim("dead units grow with the step size: rank correlation rho > 0.5, and more dead at the largest "
                       "than the smallest non-diverging step (rho, lowest, highest)", [rho, lowest, highest],
-                      grow_holds, margin=grow_margin),
+                      _common.both(_common.above(rho, 0.5), _common.above(highest, lowest))),
         _common.claim("relu activity is sparse: the average hidden unit is on for less than half of the test "
-                      "inputs (mean frequency per layer, max < 0.5)", mean_freq, sparse_holds, margin=sparse_margin),
+                      "inputs (mean frequency per layer, max < 0.5)", mean_freq, sparse),
     ]
     results = {
         "network": {"sizes": sizes, "dataset": config.dataset, "test_error": fit.history["test_error"][-1]},
@@ -110,11 +104,9 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         f"Sweep: plain SGD, constant step, batch {config.batch_size}, {config.sweep_epochs} epoch(s), seeds "
         f"{list(config.seeds)}; diverged runs (marked x) are left out of the dead counts. Mean activity per layer "
         f"{np.round(mean_freq, 3).tolist()} (at init {np.round(results['mean_frequency_init'], 3).tolist()})"
-        + ("; the sparsity verdict is within 5% of its threshold 0.5." if abs(sparse_margin) < 0.05 else ".")
+        + ("; the sparsity verdict is within 5% of its threshold 0.5." if abs(sparse[1]) < 0.05 else ".")
     )
-    payload = _common.save(NAME, config, results, claims, out_dir, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, notes=notes, plot=plot)
 
 
 def plot(payload: dict, out_dir) -> None:
@@ -146,4 +138,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -8,11 +8,8 @@ class-mean Gram matrix (:func:`class_mean_gram`), the gradient's share in the to
 2018]. A dense float64 Hessian of a small digits network checks SLQ and eigsh.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -182,8 +179,7 @@ def dense_check(config: Config, ds: data.Dataset, key, params=None) -> dict:
             "top_rel_error": float(np.max(np.abs(res["top_eigenvalues"] - desc) / abs(desc[0]))), "sigma": sigma}
 
 
-def main(config: Config = QUICK, out_dir=None) -> dict:
-    out_dir = out_dir or _common.default_out(config == QUICK)
+def main(config: Config, out_dir) -> dict:
     ds = data.load(config.dataset, data_dir=config.data_dir)
     C = ds.num_classes
     xs, ys = _common.subset(ds.x_train, ds.y_train, config.hessian_samples, config.seed)
@@ -213,9 +209,8 @@ def main(config: Config = QUICK, out_dir=None) -> dict:
         max(check["moment_errors"]) < 4 and check["l1"] < 0.2 and check["top_rel_error"] < 1e-3
         and check["n_outliers"] == check["exact_n_outliers"])]
     results = {"settings": per, "check": check, "test_error": test_error, "num_classes": C}
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes_text(config, per, C))
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes_text(config, per, C),
+                        plot=plot)
 
 
 def papyan_ratios(r: dict, k: int | None = None) -> np.ndarray:
@@ -271,8 +266,7 @@ def notes_text(config: Config, per: dict, C: int) -> str:
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, cfg = payload["results"], payload["config"]
+    plt, r, cfg = _common.style(), payload["results"], payload["config"]
     per, check, C = r["settings"], r["check"], r["num_classes"]
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
@@ -327,4 +321,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

@@ -4,11 +4,8 @@ places"), saddle-free Newton (Dauphin et al. 2014) and Polyak momentum, with and
 w1 = w2 = +-sqrt(1.46) with Hessian eigenvalues 0.16 and 5.84: gradient descent is stable there iff step < 0.342.
 """
 
-from __future__ import annotations
-
 import functools
 import math
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -49,8 +46,7 @@ class Config:
     seed: int = 0
 
 
-QUICK = Config(num_steps=300, noise_chains=16, oscillation_starts=5, grid=101)
-FULL = Config()
+QUICK, FULL = Config(num_steps=300, noise_chains=16, oscillation_starts=5, grid=101), Config()
 
 
 hessian = functools.partial(analysis.hessian, _common.tiny_loss)
@@ -155,10 +151,7 @@ def main(config: Config, out_dir) -> dict:
     mom = sweep[at]
     alt = config.momenta.index(0.8) if 0.8 in config.momenta else at  # the alpha an earlier version used
     ratio = (mom["rms"] or math.inf) / mom["predicted"]
-
-    def claim(text, measured, verdict):  # verdict: (holds, margin) from _common.above / below / both
-        return _common.claim(text, measured, verdict[0], margin=verdict[1])
-
+    claim = _common.claim
     claims = [
         claim(f"gradient descent at {slow:g} is too slow: it needs more than {config.too_slow} steps to reach the "
               f"minimum (late on the error shrinks by only |1 - {slow:g} * {LAMBDA_MIN:g}| per step)", steps["gd_slow"],
@@ -214,9 +207,7 @@ def main(config: Config, out_dir) -> dict:
         "second figure shows both verdicts against alpha, and Newton's 'less oscillations' from a grid of starts: "
         "true from most, not all (where H is near-singular Newton's steps jump far out)."
     )
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 COLORS = dict(gd_slow="C0", gd_fast="C1", newton="C3", saddle_free="C4", momentum="C2", noisy_momentum="C5")
@@ -297,4 +288,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))

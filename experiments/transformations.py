@@ -14,9 +14,6 @@ off-diagonal share over the parameter arrays as blocks, each block's norm over t
 diagonal blocks' (:func:`analysis.spectrum.block_coupling`: coupling, not units). The Hessian's shares too.
 """
 
-from __future__ import annotations
-
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -215,9 +212,7 @@ def main(config: Config, out_dir) -> dict:
              "spreads move with the parameters' units (gamma rescales the outgoing weights), the Hessian's scaled "
              "share with its indefinite part. Diverged (non-finite losses): "
              + ("; ".join(f"{n} at {v}" for n, v in diverged.items() if v) or "none") + ".")
-    payload = _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claims, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 _COLORS = {"plain": "C0", "transform": "C2", "transform_gamma": "C1", "batchnorm": "C3", "none": "C0"}
@@ -226,8 +221,7 @@ _LABELS = {"plain": "plain", "transform": "transformed (Raiko)", "transform_gamm
 
 
 def plot(payload: dict, out_dir) -> None:
-    plt = _common.style()
-    r, config = payload["results"], payload["config"]
+    plt, r, config = _common.style(), payload["results"], payload["config"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     for net in NETS:
         run = r["runs"][net]
@@ -277,4 +271,4 @@ def plot(payload: dict, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))
