@@ -25,6 +25,7 @@ def _nan(values):
     return np.asarray([np.nan if v is None else v for v in values], float)
 
 
+@pytest.mark.slow  # the QUICK run: two 3x100 sigmoid nets, an 8-rate sweep and 920 steps (about 35 s of CPU)
 def test_quick_claims_recounted_from_the_saved_numbers(run):
     payload, saved, out = run
     r, claims = saved["results"], {i: c for i, c in enumerate(saved["claims"])}

@@ -21,6 +21,7 @@ def run(tmp_path_factory):
     return payload, json.loads((out / "transformations.json").read_text()), out
 
 
+@pytest.mark.slow  # the QUICK run: four nets trained at three rates and three dense Hessians (about 40 s of CPU)
 def test_quick_claims_recounted_from_the_saved_numbers(run):
     payload, saved, out = run
     for name in ("transformations", "transformations_hessian"):
