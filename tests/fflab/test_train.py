@@ -509,6 +509,7 @@ def test_transform_steps_keep_the_function_and_move_the_statistics(synthetic):
     assert hist["train_loss"][-1] < 0.7 * start
 
 
+@pytest.mark.slow  # as tests/test_readme.py's hand-written model: fit trains it, eigsh against the dense Hessian
 def test_a_model_written_by_hand_trains_and_its_loss_goes_to_analysis():
     """Dict params, tanh, squared error on one-hot targets: fit trains it, analysis gets the same loss."""
     import analysis
