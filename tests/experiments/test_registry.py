@@ -103,3 +103,29 @@ def test_module_cli_reports_missing_data_in_one_line(tmp_path, monkeypatch, caps
 def test_gallery_rounds_measured_numbers_to_four_digits():
     assert experiments._rounded({"a": 0.123456, "b": [1.234567e-7, 3, "x"], "c": 12345.6}) == {
         "a": 0.1235, "b": [1.235e-7, 3, "x"], "c": 12350.0}
+
+
+def _columns(row: str) -> int:
+    """Cells of a Markdown table row, not counting escaped pipes."""
+    return row.replace("\\|", "").count("|") - 1
+
+
+def test_the_committed_gallery_is_rendered_from_the_results_and_every_row_keeps_its_columns(tmp_path):
+    """figures/README.md is what ``fflab report`` writes from the committed results, and on GitHub every table
+    row has exactly its header's columns (claim texts like ||H||_F have their pipes escaped)."""
+    import shutil
+
+    figures = _common.FIGURES
+    for path in [*figures.glob("*.json"), *figures.glob("*.png")]:
+        shutil.copy(path, tmp_path / path.name)
+    page = experiments.report(tmp_path).read_text()
+    assert page == (figures / "README.md").read_text(), "regenerate the gallery: fflab report"
+    tables, header = 0, None
+    for line in page.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header, tables = _columns(line), tables + 1
+        assert _columns(line) == header, line
+    assert page.count("| claim | measured | margin | holds |") == len(list(figures.glob("*.json"))) <= tables
