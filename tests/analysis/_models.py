@@ -123,3 +123,16 @@ def planted(eigenvalues, seed: int = 0) -> np.ndarray:
 
 def flat(tree):
     return ravel_pytree(tree)[0]
+
+
+def layer1_operator():
+    """Layer 1 of :func:`small_mlp`: ``(params, x, y, matvec, dim, block)``, its restricted operator (``wrt=``)
+    and, as the oracle, its dense block from ``analysis.hessian_blocks`` (symmetrised)."""
+    import analysis
+
+    params, x, y = small_mlp()
+    blocks = analysis.hessian_blocks(loss_fn, params, x, y)
+    names = ["[1]['W']", "[1]['b']"]
+    block = np.block([[np.asarray(blocks.block(a, b)) for b in names] for a in names])
+    matvec, dim = analysis.hessian_operator(loss_fn, params, x, y, wrt=lambda p: p[1])
+    return params, x, y, matvec, dim, 0.5 * (block + block.T)

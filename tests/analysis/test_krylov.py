@@ -208,14 +208,8 @@ def test_validation_errors():
 
 @pytest.fixture(scope="module")
 def layer1():
-    """Layer 1 of the 64-9-7-10 MLP: its restricted operator (wrt=) and, as the oracle, its dense block from
-    ``analysis.hessian_blocks``."""
-    params, x, y = M.small_mlp()
-    blocks = analysis.hessian_blocks(M.loss_fn, params, x, y)
-    names = ["[1]['W']", "[1]['b']"]
-    block = np.block([[np.asarray(blocks.block(a, b)) for b in names] for a in names])
-    matvec, dim = analysis.hessian_operator(M.loss_fn, params, x, y, wrt=lambda p: p[1])
-    return params, x, y, matvec, dim, 0.5 * (block + block.T)
+    """Layer 1 of the 64-9-7-10 MLP: its restricted operator and its dense block (``_models.layer1_operator``)."""
+    return M.layer1_operator()
 
 
 @pytest.mark.parametrize("which", ["LA", "SA"])
