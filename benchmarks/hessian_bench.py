@@ -91,12 +91,18 @@ def fashion_problem(num_samples: int = 1000, *, dtype="float32"):
     """``(params, x, y)``: the 784-225-144-10 relu MLP after 3 epochs of momentum SGD (lr 0.05, batch 100, seed
     0) on Fashion-MNIST, and the first ``num_samples`` training images."""
     ds = data.load("fashion-mnist")
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), _fashion_trained())
+    return params, jnp.asarray(ds.x_train[:num_samples], dtype), jnp.asarray(ds.y_train[:num_samples])
+
+
+@functools.cache
+def _fashion_trained():
+    """The trained float32 weights of :func:`fashion_problem`, trained once per process (sections b-d share them)."""
+    ds = data.load("fashion-mnist")
     opt = optax.sgd(0.05, momentum=0.9)
     params = mlp.init(jax.random.key(0), list(LARGE_SIZES), init="glorot_relu", dtype=jnp.float32)
-    params = train.fit(train.init_state(params, opt, key=1), opt, (ds.x_train, ds.y_train), loss_fn=relu_loss,
-                       epochs=3, batch_size=100, progress=False).state.params
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-    return params, jnp.asarray(ds.x_train[:num_samples], dtype), jnp.asarray(ds.y_train[:num_samples])
+    return train.fit(train.init_state(params, opt, key=1), opt, (ds.x_train, ds.y_train), loss_fn=relu_loss,
+                     epochs=3, batch_size=100, progress=False).state.params
 
 
 def cast(problem, dtype):
