@@ -435,7 +435,7 @@ def _sharpness_tracker(config: dict, model, train_data):
     loss_fn = train.freeze(model.loss_fn) if model.stateful else model.loss_fn
     return sharpness.tracker(
         loss_fn, tuple(a[:n] for a in train_data), every=every, key=jax.random.key(config["seed"]),
-        preconditioner="adam" if config["optimizer"] in ("adam",) else None,
+        preconditioner="adam" if config["optimizer"] == "adam" else None,
     )
 
 
@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None, *, interrupted=None) -> int:
     global _interrupted
     _interrupted = False
     previous = signal.signal(signal.SIGINT, _on_sigint)
-    _interrupted = bool(interrupted and interrupted())
+    if interrupted is not None and interrupted():  # after the handler is in place, so that none is lost
+        _interrupted = True
     args = None
     try:
         args = build_parser().parse_args(argv)
