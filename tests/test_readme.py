@@ -13,6 +13,8 @@ import matplotlib
 import numpy as np
 import pytest
 
+from tests.analysis._models import dense_jax_hessian
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -32,11 +34,7 @@ def blocks():
 
 
 def _dense_eigenvalues(loss_fn, params, x, y):
-    import jax
-
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    H = jax.hessian(lambda v: loss_fn(unravel(v), x, y))(flat)
-    return np.linalg.eigvalsh(np.asarray(H, np.float64))
+    return np.linalg.eigvalsh(np.asarray(dense_jax_hessian(loss_fn, params, x, y), np.float64))
 
 
 def test_hand_written_model_trains_and_its_eigenvalues_match_the_dense_hessian(blocks):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fflab import checkpoint, cli
+from tests.analysis._models import dense_jax_hessian
 
 
 def _fail(capsys, argv):
@@ -109,7 +110,6 @@ def test_no_grad_norm_trains_the_same_network(tmp_path):
 def test_track_sharpness_records_lambda_max_of_the_training_loss(tmp_path):
     """``--track-sharpness K``: lambda_max every K steps on the first N samples, into metrics.json's history; the
     first record (at the initial parameters) against jax.hessian + numpy on the same subset and loss."""
-    import jax
     import numpy as np
 
     from fflab import data, runs
@@ -125,8 +125,7 @@ def test_track_sharpness_records_lambda_max_of_the_training_loss(tmp_path):
     ds = data.load("digits")
     model, _, state = runs.build(metrics["config"], features=64, classes=10, train_samples=len(ds.x_train))
     x, y = ds.x_train[:200], ds.y_train[:200]
-    flat, unravel = jax.flatten_util.ravel_pytree(state.params)
-    H = jax.hessian(lambda v: model.loss_fn(unravel(v), x, y))(flat)
+    H = dense_jax_hessian(model.loss_fn, state.params, x, y)
     top = np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]
     assert history["sharpness"][0] == pytest.approx(top, rel=1e-3)
     assert all(s > 0 for s in history["sharpness"]) and history["sharpness_matvecs"][0] > 0
