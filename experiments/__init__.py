@@ -9,6 +9,7 @@ import importlib
 import time
 from pathlib import Path
 
+from fflab.compilation import fast_compile
 from fflab.files import FolderLock, atomic_write, jsonable, read_json, write_json
 
 __all__ = ["NAMES", "describe", "load", "report", "run"]
@@ -133,6 +134,8 @@ def run(names, *, quick=False, dataset=None, data_dir=None, out_dir=None, progre
     from fflab.progress import tqdm
 
     todo = _expand(names)
+    if quick:  # tiny programs: compile fast (only if JAX has not started yet; see fflab.compilation)
+        fast_compile()
     from experiments import _common
 
     out = Path(out_dir) if out_dir else _common.default_out(quick)

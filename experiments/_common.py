@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fflab.compilation import fast_compile
 from fflab.errors import USER_ERRORS, one_line
 from fflab.files import jsonable, read_json, write_json
 
@@ -234,6 +235,8 @@ def module_cli(module, argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set epochs=5")
     args = parser.parse_args(argv)
+    if args.quick:  # tiny programs: compile fast (see fflab.compilation)
+        fast_compile()
     try:
         overrides = {"dataset": args.dataset, "data_dir": args.data_dir}
         for item in args.set:

@@ -8,8 +8,8 @@ import importlib
 
 _FUNCTIONS = {"classifier": "presets", "load_run": "runs"}
 _MODULES = (
-    "checkpoint", "data", "errors", "files", "init", "losses", "mlp", "norm", "options", "presets", "progress",
-    "runs", "signals", "train",
+    "checkpoint", "compilation", "data", "errors", "files", "init", "losses", "mlp", "norm", "options", "presets",
+    "progress", "runs", "signals", "train",
 )
 
 __all__ = sorted([*_FUNCTIONS, *_MODULES])

@@ -1,11 +1,17 @@
-"""Test session setup: float64 everywhere, since precision is the point of most checks; one BLAS thread.
+"""Test session setup: float64 everywhere, since precision is the point of most checks; one BLAS thread;
+XLA's fast-compile settings (:func:`fflab.compilation.fast_compile`), since the tests' models are tiny and
+most of their time is compilation (``FFLAB_FAST_COMPILE=0 pytest`` runs them with XLA's defaults).
 
 Rank promotion stays at JAX's default ("allow"): bias broadcasting ``h @ W + b`` is the idiom of every layer.
 Shape mistakes are caught by the explicit checks in :mod:`fflab.losses` and the analysis validators instead.
 """
 
-import jax
-import pytest
+from fflab.compilation import fast_compile
+
+fast_compile()  # before JAX starts; subprocesses (the CLI tests, notebook kernels) inherit XLA_FLAGS
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
