@@ -15,7 +15,8 @@ fflab): pass it to ``fflab.train.fit(..., monitor=...)`` or ``make_train_epoch(.
 subset of the training set too):
 
 - ``sharpness``: ``lambda_max`` of the Hessian of ``loss_fn`` at the step's parameters, by
-  :func:`top_eigenpair` started from the previous record's top eigenvector, which stops as soon as the
+  :func:`top_eigenpair` started from the previous record's top eigenvector and the next direction of its basis
+  (:attr:`TopEigenpair.next_start`), which stops as soon as the
   eigenvalue's estimated error meets the tolerance: after the first (cold) record a few Hessian-vector
   products while training is stable, not a cold Lanczos run; ``sharpness_error`` (the relative error
   estimate) and ``sharpness_matvecs`` (products spent on the record);
@@ -65,6 +66,12 @@ class TopEigenpair(NamedTuple):
             :func:`top_eigenpair`); at most ``tol`` when it converged.
         residual: scalar, the relative residual ``r / scale = ||A v - value v|| / scale``.
         matvecs: int32 scalar, the matrix-vector products spent.
+        next_start: ``(dim,)`` the start vector for the next call at nearby parameters (the sharpness
+            :func:`tracker` passes it on): ``vector`` plus the next direction of the final basis (the second
+            Ritz vector, or the residual's direction), unit length. Lanczos from it spans both in two
+            products, so the next run's first gap estimate is the gap to the second eigenvalue, not to a
+            Rayleigh quotient of the bulk, and it follows the top eigenvector through a crossing of the top
+            two eigenvalues.
     """
 
     value: jax.Array
@@ -72,6 +79,7 @@ class TopEigenpair(NamedTuple):
     error: jax.Array
     residual: jax.Array
     matvecs: jax.Array
+    next_start: jax.Array
 
 
 def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
@@ -139,7 +147,10 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
     )
     state = lax.while_loop(lambda s: ~s[-1] & (s[1] < max_matvecs), cycle, state)
     _, count, basis, _, theta, _, error, residual, _ = state
-    return TopEigenpair(theta[-1], basis[0], error, residual, count)
+    # basis[1] is orthogonal to basis[0], of norm at most 1 (0 when the run ended on an invariant subspace).
+    ahead = basis[0] + basis[1]
+    ahead = ahead / jnp.linalg.norm(ahead)
+    return TopEigenpair(theta[-1], basis[0], error, residual, count, ahead)
 
 
 @functools.partial(jax.jit, static_argnums=4)  # the budget is an argument: every budget shares the program
@@ -181,13 +192,13 @@ def top_eigenpair(
             computing ``lambda_min`` of ``-A``), so a small eigenvalue is judged against the whole spectrum.
 
     Returns:
-        :class:`TopEigenpair` ``(value, vector, error, residual, matvecs)``.
+        :class:`TopEigenpair` ``(value, vector, error, residual, matvecs, next_start)``.
 
     Example::
 
         matvec, dim = analysis.hessian_operator(loss_fn, params, x, y)
         first = analysis.sharpness.top_eigenpair(matvec, jax.random.normal(key, (dim,)))
-        later = analysis.sharpness.top_eigenpair(matvec_later, first.vector)  # a warm start
+        later = analysis.sharpness.top_eigenpair(matvec_later, first.next_start)  # a warm start
     """
     v0 = jnp.asarray(v0)
     if v0.ndim != 1:
@@ -323,12 +334,12 @@ class Tracker:
         op = hoisted(matvec, dim, dtype, (self.num_steps + 1) * dim * dtype.itemsize)
         solve = functools.partial(_top, num_steps=self.num_steps, max_matvecs=self.max_matvecs)
         top = solve(op, vectors["max"], self.tol, jnp.zeros((), dtype))
-        new = {"max": top.vector}
+        new = {"max": top.next_start}
         records = {"sharpness": top.value, "sharpness_error": top.error}
         count = top.matvecs
         if self.smallest:
             low = solve(Partial(_negated, op), vectors["min"], self.tol, jnp.abs(top.value))
-            new["min"], records["sharpness_min"] = low.vector, -low.value
+            new["min"], records["sharpness_min"] = low.next_start, -low.value
             count = count + low.matvecs
         if self.trace_probes:
             z = jax.random.rademacher(jax.random.fold_in(self.key, state.step), (self.trace_probes, dim), dtype)
@@ -341,7 +352,7 @@ class Tracker:
             pre = solve(
                 Partial(_preconditioned, op, inv_sqrt), vectors["preconditioned"], self.tol, jnp.zeros((), dtype)
             )
-            new["preconditioned"], records["preconditioned_sharpness"] = pre.vector, pre.value
+            new["preconditioned"], records["preconditioned_sharpness"] = pre.next_start, pre.value
             count = count + pre.matvecs
         records["sharpness_matvecs"] = count
         return new, records
@@ -368,10 +379,14 @@ def tracker(
     ``metrics.json``, one entry per record with ``monitor_step``) or to ``make_train_epoch(...,
     monitor=...)`` (``stats.records``). At each record, inside the compiled epoch, it takes the Hessian of
     ``loss_fn`` on ``data`` at the step's parameters and finds ``lambda_max`` with :func:`top_eigenpair`,
-    started from the previous record's top eigenvector: the first record is a cold start, later ones cost
-    fewer Hessian-vector products (``sharpness_matvecs``): far fewer while training is stable, where the top
-    eigenvector moves slowly; at the edge of stability it moves within a few steps and a warm start saves
-    less (``benchmarks/sharpness_bench.py`` measures both). Steps without a record pay nothing (``lax.cond``).
+    started from the previous record's :attr:`TopEigenpair.next_start` (its top eigenvector plus the next
+    direction of its basis): the first record is a cold start, later ones cost fewer Hessian-vector products
+    (``sharpness_matvecs``), about 0.4 of a cold start's in ``benchmarks/sharpness_bench.py``. Starting from
+    the top eigenvector alone costs fewer still, but its first error estimates see no second eigenvalue, so
+    some records stop short of the tolerance, and when the top two eigenvalues cross it can settle on the
+    second one. No warm start is safe against every crossing: one whose new top eigenvector is nearly
+    orthogonal to both previous directions is missed until the eigenvalues separate. Steps without a record
+    pay nothing (``lax.cond``).
 
     Records (scalars): ``sharpness`` (``lambda_max``), ``sharpness_error`` (its estimated relative error),
     ``sharpness_matvecs`` (all products of the record), and as asked ``sharpness_min`` (``lambda_min``),

@@ -48,6 +48,26 @@ def test_top_eigenpair_cold_and_warm_on_planted_spectrum(seed):
     assert int(exact.matvecs) == 1 and abs(float(exact.value) - 4.0) < 1e-12
 
 
+def test_warm_starts_follow_the_top_eigenvalue_through_a_crossing():
+    # The top two eigenvalues cross between calls (4.0 - 0.1k against 3.5 + 0.1k, fixed eigenvectors). Lanczos
+    # from the previous top eigenvector alone lies in (nearly) an invariant subspace once it is the second one:
+    # it would "converge" to 3.7, 3.6, ... with tiny error estimates. next_start carries the second direction.
+    bulk = np.random.default_rng(0).uniform(-3, 3, 58)
+    v = jax.random.normal(jax.random.PRNGKey(0), (60,))
+    for k in range(7):
+        A = M.planted(np.concatenate([bulk, [4 - 0.1 * k, 3.5 + 0.1 * k]]), 0)
+        got = sharpness.top_eigenpair(dense_operator(A)[0], v, tol=1e-8, num_steps=10)
+        top = max(4 - 0.1 * k, 3.5 + 0.1 * k)
+        assert abs(float(got.value) - top) <= 1e-7 * top, k
+        assert float(got.error) <= 1e-8
+        if k > 0:
+            assert int(got.matvecs) <= 9  # warm: far fewer than the cold first call's 17
+        start = np.asarray(got.next_start)
+        assert np.linalg.norm(start) == pytest.approx(1.0, abs=1e-12)
+        assert abs(start @ np.asarray(got.vector)) >= 0.5  # the top vector is in it
+        v = got.next_start
+
+
 def test_top_eigenpair_budget_float32_and_validation():
     lam = np.linspace(0, 1, 60) ** 4
     matvec, dim = dense_operator(M.planted(lam, 0))

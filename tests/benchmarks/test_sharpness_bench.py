@@ -15,6 +15,8 @@ def test_tiny_run_is_consistent():
     assert out["same_trajectory"]
     assert out["steps"] == [0, 10, 20, 30]
     np.testing.assert_allclose(out["sharpness"], out["cold_sharpness"], rtol=1e-3)
+    np.testing.assert_allclose(out["reference_sharpness"], out["cold_sharpness"], rtol=1e-3)
+    assert 0 <= out["warm_within_tol"] <= 1 and out["warm_error_max"] >= out["warm_error_median"] >= 0
     assert out["cold_records_at"] == [0, 20] and all(m >= 1 for m in out["warm_matvecs"] + out["cold_matvecs"])
     assert out["overhead_holds"] == (out["overhead"] <= 0.25)
     assert out["warm_holds"] == (out["warm_over_cold_max"] <= 1 / 3)
