@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import analysis
+from fflab.compilation import FAST_COMPILE_FLAGS
 from tests.analysis import _models as M
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,10 +141,10 @@ print("RESULT " + json.dumps(out))
 def sharded():
     env = {
         **os.environ,
-        # Optimisation level 0 applies to LLVM's code generation only: the optimised HLO, whose
-        # all-reduces and host calls are counted, is the same (checked by diffing compiled.as_text()), and
-        # the tiny programs run once, so LLVM's passes were about a third of this subprocess's CPU time.
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0",
+        # fflab.compilation's fast-compile flags (the tests' own) and the virtual devices. Optimisation level 0
+        # applies to LLVM's code generation only: the optimised HLO, whose all-reduces and host calls are
+        # counted, is the same (checked by diffing compiled.as_text()).
+        "XLA_FLAGS": " ".join([f"--xla_force_host_platform_device_count={DEVICES}", *FAST_COMPILE_FLAGS]),
         "JAX_ENABLE_X64": "1",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -609,7 +609,10 @@ def test_data_parallel_training_matches_one_device():
     import subprocess
     import sys
 
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    from fflab.compilation import FAST_COMPILE_FLAGS
+
+    flags = " ".join(["--xla_force_host_platform_device_count=4", *FAST_COMPILE_FLAGS])  # the tests' own, and 4 devices
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_ENABLE_X64", None)
     proc = subprocess.run(
         [sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=300
