@@ -3,9 +3,10 @@
 Two numbers, measured in one run:
 
 1. **Warm against cold.** Each record of :func:`analysis.sharpness.tracker` after the first runs
-   :func:`analysis.sharpness.top_eigenpair` from the previous record's top eigenvector. At the same
-   parameters, data subset and tolerance, a cold start from a random vector needs how many Hessian-vector
-   products? Target: every warm record after the first uses at most a third of the cold start's products.
+   :func:`analysis.sharpness.top_eigenpair` from the previous record's ``next_start`` (its top eigenvector
+   plus the next direction of its basis). At the same parameters, data subset and tolerance, a cold start
+   from a random vector needs how many Hessian-vector products? Target: every warm record after the first
+   uses at most a third of the cold start's products.
    Both are checked against a reference (the cold answer continued to tol 1e-6): a record that stops early
    on an optimistic error estimate would look cheap, so the share of records within the tolerance is printed.
 2. **Overhead.** Full-batch gradient descent in the set-up of ``experiments/edge_of_stability.py`` (FULL: its
@@ -137,13 +138,13 @@ def run(args) -> dict:
     cold_counts = np.array([c["matvecs"] for c in cold])
     warm = np.array([r["monitor_step"] not in (0, half) for r in records])  # records that start warm
     ratios = warm_counts[warm] / cold_counts[warm]
+    lam = np.array([r["sharpness"] for r in records])
     # Actual relative errors against the reference: does each record meet the tolerance it claims?
     reference = np.array([c["reference"] for c in cold])
-    warm_errors = np.abs(np.array([r["sharpness"] for r in records]) / reference - 1)[warm]
+    warm_errors = np.abs(lam / reference - 1)[warm]
     cold_errors = np.abs(np.array([c["value"] for c in cold]) / reference - 1)
     # Phases: the initial fall of the sharpness (to its minimum), progressive sharpening, and the edge from the
     # first later record at 0.95 * 2 / eta on.
-    lam = np.array([r["sharpness"] for r in records])
     low = int(np.argmin(lam))
     reached = [i for i in range(low, len(lam)) if lam[i] >= 0.95 * 2 / args.lr]
     edge_from = reached[0] if reached else len(lam)

@@ -13,7 +13,6 @@ Three step sizes train together in one compiled epoch, the tracker (:func:`analy
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -182,9 +181,7 @@ def main(config: Config, out_dir) -> dict:
              f"batch (theirs: 5,000 CIFAR-10 images), lambda_max on {config.subset} of them every {config.every} "
              f"steps. The lecture's tiny example is the same limit on a 2-parameter loss: GD at 0.35 oscillates past "
              f"2/lambda_max = {tiny_limit:.3f}. " + (f"Not reproduced here: {'; '.join(failed)}." if failed else ""))
-    payload = _common.save(NAME, config, results, claim_list, out_dir, checks=checks, notes=notes)
-    plot(payload, out_dir)
-    return payload
+    return _common.save(NAME, config, results, claim_list, out_dir, checks=checks, notes=notes, plot=plot)
 
 
 def plot(payload, out_dir) -> None:
@@ -207,4 +204,4 @@ def plot(payload, out_dir) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_common.module_cli(sys.modules[__name__]))
+    raise SystemExit(_common.module_cli(__name__))
