@@ -15,11 +15,11 @@ fflab): pass it to ``fflab.train.fit(..., monitor=...)`` or ``make_train_epoch(.
 subset of the training set too):
 
 - ``sharpness``: ``lambda_max`` of the Hessian of ``loss_fn`` at the step's parameters, by
-  :func:`top_eigenpair` started from the previous record's top eigenvector and the next direction of its basis
-  (:attr:`TopEigenpair.next_start`), which stops as soon as the
-  eigenvalue's estimated error meets the tolerance: after the first (cold) record a few Hessian-vector
-  products while training is stable, not a cold Lanczos run; ``sharpness_error`` (the relative error
-  estimate) and ``sharpness_matvecs`` (products spent on the record);
+  :func:`top_eigenpair` started from a block of two vectors, the previous record's top two eigenvectors
+  (:attr:`TopEigenpair.next_start`, the top one moved on by its last change), which stops as soon as the
+  eigenvalue's estimated error meets the tolerance: after the first (cold) record usually the block's two
+  Hessian-vector products, not a cold Lanczos run; ``sharpness_error`` (the relative error estimate) and
+  ``sharpness_matvecs`` (products spent on the record);
 - optionally ``sharpness_min`` (the smallest eigenvalue, warm-started the same way), ``sharpness_trace``
   (Hutchinson's estimate of the trace) and ``preconditioned_sharpness``.
 
@@ -66,12 +66,13 @@ class TopEigenpair(NamedTuple):
             :func:`top_eigenpair`); at most ``tol`` when it converged.
         residual: scalar, the relative residual ``r / scale = ||A v - value v|| / scale``.
         matvecs: int32 scalar, the matrix-vector products spent.
-        next_start: ``(dim,)`` the start vector for the next call at nearby parameters (the sharpness
-            :func:`tracker` passes it on): ``vector`` plus the next direction of the final basis (the second
-            Ritz vector, or the residual's direction), unit length. Lanczos from it spans both in two
-            products, so the next run's first gap estimate is the gap to the second eigenvalue, not to a
-            Rayleigh quotient of the bulk, and it follows the top eigenvector through a crossing of the top
-            two eigenvalues.
+        next_start: ``(2, dim)`` the start block for the next call at nearby parameters (the sharpness
+            :func:`tracker` passes it on): the top two Ritz vectors after one step of subspace iteration with
+            the products already spent (``A - sigma`` applied to each, ``sigma = min(0, smallest Ritz value) -
+            scale``, unit rows). Started from both, the next call has the second eigenvalue in its first
+            gap estimate, not a Rayleigh quotient of the bulk, and it follows the top eigenvector through a
+            crossing of the top two eigenvalues. With a single product spent the second row is the residual's
+            direction.
     """
 
     value: jax.Array
@@ -85,78 +86,117 @@ class TopEigenpair(NamedTuple):
 def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
     """:func:`top_eigenpair`'s loops, traceable (the tracker calls it inside the training epoch).
 
-    An inner ``while_loop`` takes Lanczos steps until the estimate converges, the basis is full or the products
-    run out; an outer one restarts thick after each inner run (its first row is then the top Ritz vector, which
-    is also the answer). No per-step ``lax.cond`` carries the basis, so a step costs its product, two
-    Gram-Schmidt passes over the basis and an ``eigh`` of the small projected matrix.
+    Rayleigh-Ritz on a growing basis with the operator's images kept beside it (Davidson's method with no
+    preconditioner, which from a single start vector spans the Krylov space as Lanczos does): each step applies
+    the operator to one new basis row, updates the projected matrix by one column, takes its Ritz pairs, and
+    computes the top Ritz pair's residual explicitly from the images. The first rows are the start block; each
+    later row is the top residual's direction. A full basis restarts on its top ``keep`` Ritz pairs, whose
+    images are combinations of the stored ones. No per-step ``lax.cond`` carries the basis.
     """
-    m, (dim,), dtype = num_steps, v0.shape, v0.dtype
-    keep = 1 + (m - 1) // 2  # Ritz vectors kept at a restart, as analysis.eigsh does for k = 1
+    m, (b, dim), dtype = num_steps, v0.shape, v0.dtype
+    max_matvecs = jnp.maximum(max_matvecs, b)  # the whole start block is applied
+    keep = 1 + (m - 1) // 2  # Ritz pairs kept at a restart, as analysis.eigsh does for k = 1
     tiny = jnp.finfo(dtype).tiny
-    norm = jnp.linalg.norm(v0)
-    q0 = jnp.where(norm > 0, v0 / jnp.where(norm > 0, norm, 1), 1 / math.sqrt(dim))
     rows = jnp.arange(m)
+    # The start block, orthonormalised row by row; a row that vanishes (zero, or in the span of the rows before
+    # it) is left out, and the residual direction takes its place. A zero first row becomes a constant vector.
+    basis = jnp.zeros((m, dim), dtype)
+    usable = jnp.ones((m,), bool)
+    for i in range(b):
+        w, _ = orthogonalise(v0[i], basis)
+        norm, size = jnp.linalg.norm(w), jnp.linalg.norm(v0[i])
+        ok = norm > 1e-3 * size
+        if i == 0:
+            w = jnp.where(ok, w, 1 / math.sqrt(dim))
+            norm, ok = jnp.where(ok, norm, 1), jnp.asarray(True)
+        basis = basis.at[i].set(jnp.where(ok, w / jnp.where(ok, norm, 1), 0))
+        usable = usable.at[i].set(ok)
 
     def step(state):
-        j, count, basis, proj, _, _, _, _, _ = state
-        aq = matvec(basis[j]).astype(dtype)
-        w, h = orthogonalise(aq, basis)  # full re-orthogonalisation, twice (Parlett 1998)
-        beta = jnp.linalg.norm(w)
-        proj = proj.at[:, j].set(h[:-1]).at[j, :].set(h[:-1])
-        # A breakdown (beta ~ 0: an invariant Krylov space) makes the Ritz pairs exact, so the loop stops.
-        basis = basis.at[j + 1].set(w / jnp.maximum(beta, tiny))
+        j, count, basis, images, proj, pending, _, _, _, _, _, _ = state
+        basis = basis.at[j].set(pending)
+        images = images.at[j].set(matvec(pending).astype(dtype))
+        h = basis @ images[j]  # column j of the projected matrix (rows past j are zero)
+        proj = proj.at[:, j].set(h).at[j, :].set(h)
         # Ritz pairs of the leading (j + 1) block. The unused rows get a diagonal strictly below that block's
         # spectrum (-2 ||T||_F), so the top two eigenvalues of the padded matrix are the block's, exactly.
         live = rows <= j
         t = jnp.where(live[:, None] & live[None, :], proj, 0)
         t = t + jnp.diag(jnp.where(live, 0, -(2 * jnp.linalg.norm(t) + tiny)))
         theta, vectors = jnp.linalg.eigh(t)
-        residual = jnp.abs(beta * vectors[j, -1])  # ||A Q^T y - theta Q^T y|| = |beta_j y_j|
-        # The standard a-posteriori estimate of the Ritz value's error: the residual, or residual^2 / gap with
-        # the gap to the next Ritz value once there is one [Parlett 1998, ch. 11].
-        gap = jnp.maximum(theta[-1] - theta[-2], tiny)
-        error = jnp.where(j > 0, jnp.minimum(residual, residual**2 / gap), residual)
+        y = vectors[:, -1]
+        r = y @ images - theta[-1] * (y @ basis)  # the residual A u - theta u, explicitly
+        norm_r = jnp.linalg.norm(r)
+        # The a-posteriori estimate of the Ritz value's error: the residual, or residual^2 / gap once there is
+        # a second Ritz pair [Parlett 1998, ch. 11], with the gap to the second pair's value plus its residual
+        # (an eigenvalue lies within it of theta_2; as theta_2 is a lower bound of lambda_2, the gap to theta_2
+        # alone would overstate the gap and understate the error) [Kato 1949; Temple 1928].
+        second = vectors[:, -2]
+        shift = jnp.linalg.norm(second @ images - theta[-2] * (second @ basis))
+        gap = jnp.maximum(theta[-1] - theta[-2] - shift, tiny)
+        error = jnp.where(j > 0, jnp.minimum(norm_r, norm_r**2 / gap), norm_r)
         size = jnp.maximum(jnp.maximum(jnp.abs(theta[-1]), jnp.abs(theta[m - 1 - j])), scale)  # max |Ritz value|
         size = jnp.where(size > 0, size, 1)
-        done = error <= tol * size
-        return j + 1, count + 1, basis, proj, theta, vectors, error / size, residual / size, done
+        done = (error <= tol * size) & (j >= b - 1)  # the whole start block first: it may hold the top
+        q, _ = orthogonalise(r, basis)
+        q = q / jnp.maximum(jnp.linalg.norm(q), tiny)
+        after = jnp.minimum(j + 1, m - 1)
+        pending = jnp.where((j + 1 < b) & usable[after], basis[after], q)
+        return j + 1, count + 1, basis, images, proj, pending, theta, vectors, error / size, norm_r / size, done, q
 
-    def restart(state):  # thick restart on the top `keep` Ritz pairs [Wu & Simon 2000]
-        j, count, basis, proj, theta, vectors, error, residual, done = state
-        kept, newest = vectors[:, ::-1][:, :keep].T @ basis[:m], basis[j]
-        # In place (the rows past `keep` must be zero for the Gram-Schmidt passes): a second basis-sized
-        # buffer would double the program's temporaries, which costs every training step (see `tracker`).
-        basis = basis.at[keep + 1 :].set(0).at[keep].set(newest).at[:keep].set(kept)
-        new_proj = jnp.zeros_like(proj).at[:keep, :keep].set(jnp.diag(theta[::-1][:keep]))
-        return jnp.asarray(keep, j.dtype), count, basis, new_proj, theta, vectors, error, residual, done
+    def restart(state):  # on the top `keep` Ritz pairs [Wu & Simon 2000]; their images are exact combinations
+        j, count, basis, images, proj, pending, theta, vectors, error, residual, done, q = state
+        top = vectors[:, ::-1][:, :keep].T
+        basis = basis.at[keep:].set(0).at[:keep].set(top @ basis)
+        images = images.at[keep:].set(0).at[:keep].set(top @ images)
+        proj = jnp.zeros_like(proj).at[:keep, :keep].set(jnp.diag(theta[::-1][:keep]))
+        vectors = jnp.eye(m, dtype=dtype)[:, ::-1]  # the kept pairs in the new basis, in eigh's ascending order
+        pending, _ = orthogonalise(q, basis)
+        pending = pending / jnp.maximum(jnp.linalg.norm(pending), tiny)
+        return jnp.asarray(keep, j.dtype), count, basis, images, proj, pending, theta, vectors, error, residual, done, q
 
     def cycle(state):
-        more = lambda s: ~s[-1] & (s[0] < m) & (s[1] < max_matvecs)  # noqa: E731
-        return restart(lax.while_loop(more, step, state))
+        more = lambda s: ~s[10] & (s[0] < m) & (s[1] < max_matvecs)  # noqa: E731
+        state = lax.while_loop(more, step, state)
+        return lax.cond(state[0] >= m, restart, lambda s: s, state)
 
     state = (
         jnp.zeros((), jnp.int32),
         jnp.zeros((), jnp.int32),
-        jnp.zeros((m + 1, dim), dtype).at[0].set(q0),
+        basis,
+        jnp.zeros((m, dim), dtype),
         jnp.zeros((m, m), dtype),
+        basis[0],
         jnp.zeros((m,), dtype),
-        jnp.zeros((m, m), dtype),
+        jnp.eye(m, dtype=dtype),
         jnp.asarray(jnp.inf, dtype),
         jnp.asarray(jnp.inf, dtype),
         jnp.asarray(False),
+        jnp.zeros((dim,), dtype),
     )
-    state = lax.while_loop(lambda s: ~s[-1] & (s[1] < max_matvecs), cycle, state)
-    _, count, basis, _, theta, _, error, residual, _ = state
-    # basis[1] is orthogonal to basis[0], of norm at most 1 (0 when the run ended on an invariant subspace).
-    ahead = basis[0] + basis[1]
-    ahead = ahead / jnp.linalg.norm(ahead)
-    return TopEigenpair(theta[-1], basis[0], error, residual, count, ahead)
+    state = lax.while_loop(lambda s: ~s[10] & (s[1] < max_matvecs), cycle, state)
+    j, count, basis, images, _, _, theta, vectors, error, residual, _, q = state
+    top, second = vectors[:, -1], vectors[:, -2]
+    u = top @ basis
+    # The next start: both Ritz vectors times (A - sigma), from the images already computed. sigma lies below
+    # every Ritz value and, with scale a bound of the spectral norm, below the spectrum, so the top pair's
+    # share grows and the bulk's shrinks. With one row there is no second Ritz pair: u and the residual.
+    sigma = jnp.minimum(theta[m - j], 0) - scale
+    two = j >= 2
+    ahead = jnp.stack(
+        [
+            jnp.where(two, top @ images - sigma * u, u),
+            jnp.where(two, second @ images - sigma * (second @ basis), q),
+        ]
+    )
+    ahead = ahead / jnp.maximum(jnp.linalg.norm(ahead, axis=1, keepdims=True), tiny)
+    return TopEigenpair(theta[-1], u, error, residual, count, ahead)
 
 
 @functools.partial(jax.jit, static_argnums=4)  # the budget is an argument: every budget shares the program
 def _top_jit(matvec, v0, tol, scale, num_steps, max_matvecs):
-    dim = v0.shape[0]
-    op = hoisted(matvec, dim, v0.dtype, (num_steps + 1) * dim * v0.dtype.itemsize)
+    dim = v0.shape[1]
+    op = hoisted(matvec, dim, v0.dtype, 2 * num_steps * dim * v0.dtype.itemsize)
     return _top(op, v0, tol, scale, num_steps, max_matvecs)
 
 
@@ -169,25 +209,32 @@ def top_eigenpair(
     max_matvecs: int = 200,
     scale: float = 0.0,
 ) -> TopEigenpair:
-    """The largest (algebraic) eigenpair of a symmetric operator by Lanczos from ``v0``, stopping at convergence.
+    """The largest (algebraic) eigenpair of a symmetric operator from a start vector or block, stopping at convergence.
 
-    Lanczos with full re-orthogonalisation from ``v0``; after every product the Ritz pairs of the projected
-    matrix are updated, and the loop stops once the top Ritz value's estimated error ``min(r, r^2 / gap)``
-    is at most ``tol * scale``, where ``r = |beta_j y_j|`` is the Ritz residual, ``gap`` the distance to the
-    next Ritz value (the standard a-posteriori estimate, Parlett 1998, ch. 11: ``r`` bounds the distance to
-    the nearest eigenvalue, ``r^2 / gap`` estimates it once the gap is resolved) and ``scale = max(max |Ritz
-    value|, scale)``. A basis of ``num_steps`` vectors that has not converged restarts thick on its top half of
-    Ritz pairs [Wu & Simon 2000]. Started from a nearby eigenvector (the previous one, along training) it
-    stops after a few products, where :func:`analysis.eigsh` always expands a whole basis first. One
-    compiled loop with nothing sent to the host; traceable, so it runs inside a caller's jit (the sharpness
-    :func:`tracker` runs it inside the training epoch). For the smallest eigenvalue pass ``-A``.
+    Rayleigh-Ritz on a basis that starts with ``v0`` (one vector, or a block such as the previous call's
+    :attr:`TopEigenpair.next_start`) and grows by the top Ritz pair's residual, one product at a time; from a
+    single vector this spans the Krylov space, as Lanczos with full re-orthogonalisation does. After every
+    product the loop stops once the whole start block has been applied and the top Ritz value's estimated error
+    ``min(r, r^2 / gap)`` is at most ``tol * scale``, where ``r = ||A u - theta u||`` is the Ritz residual
+    (computed from the stored images, not from a recurrence), ``gap`` the distance to the next Ritz value (the
+    standard a-posteriori estimate, Parlett 1998, ch. 11: ``r`` bounds the distance to the nearest
+    eigenvalue, ``r^2 / gap`` estimates it once the gap is resolved) and ``scale = max(max |Ritz value|,
+    scale)``. A basis of ``num_steps`` vectors that has not converged restarts thick on its top half of Ritz
+    pairs [Wu & Simon 2000]. Started from the previous top two eigenvectors (along training) it stops after two
+    or three products, where :func:`analysis.eigsh` always expands a whole basis first, and the second start
+    vector puts the second eigenvalue into the first gap estimate. One compiled loop with nothing sent to the
+    host; traceable, so it runs inside a caller's jit (the sharpness :func:`tracker` runs it inside the
+    training epoch). For the smallest eigenvalue pass ``-A``.
 
     Args:
         matvec: symmetric operator ``(dim,) -> (dim,)``, e.g. from :func:`analysis.hessian_operator`.
-        v0: ``(dim,)`` start vector (normalised here; a zero vector is replaced by a constant one).
+        v0: ``(dim,)`` start vector, or ``(k, dim)`` start block with ``k < num_steps`` (orthonormalised here;
+            a zero first vector is replaced by a constant one, a later row that is zero or in the span of the
+            rows before it by the residual direction).
         tol: relative accuracy of the eigenvalue (of its error estimate).
-        num_steps: Krylov basis size before a restart, ``>= 2``.
-        max_matvecs: most products; when they run out the current Ritz pair is returned with its estimates.
+        num_steps: basis size before a restart, ``>= 2`` and more than the rows of ``v0``.
+        max_matvecs: most products; when they run out the current Ritz pair is returned with its estimates
+            (at least the rows of ``v0`` are applied).
         scale: a lower bound for the spectral norm used in the tolerance (e.g. ``|lambda_max|`` when
             computing ``lambda_min`` of ``-A``), so a small eigenvalue is judged against the whole spectrum.
 
@@ -201,15 +248,18 @@ def top_eigenpair(
         later = analysis.sharpness.top_eigenpair(matvec_later, first.next_start)  # a warm start
     """
     v0 = jnp.asarray(v0)
-    if v0.ndim != 1:
-        raise ValueError(f"v0 must be a vector of shape (dim,), got {v0.shape}")
-    op, dtype = as_operator(matvec, v0.shape[0])
+    if v0.ndim not in (1, 2) or v0.shape[-1] == 0 or v0.ndim == 2 and v0.shape[0] == 0:
+        raise ValueError(f"v0 must be a vector (dim,) or a block (k, dim), got shape {v0.shape}")
+    block = v0.reshape(-1, v0.shape[-1])
+    op, dtype = as_operator(matvec, block.shape[1])
     num_steps = check_count("num_steps", num_steps, 2, 10**6)
+    if block.shape[0] >= num_steps:
+        raise ValueError(f"v0 has {block.shape[0]} rows; num_steps must be larger, got {num_steps}")
     max_matvecs = check_count("max_matvecs", max_matvecs, 1, 10**9)
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol!r}")
     tol, scale, budget = jnp.asarray(tol, dtype), jnp.asarray(scale, dtype), jnp.asarray(max_matvecs, jnp.int32)
-    return _top_jit(op, v0.astype(dtype), tol, scale, num_steps, budget)
+    return _top_jit(op, block.astype(dtype), tol, scale, num_steps, budget)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,6 +312,21 @@ def adam_preconditioner(opt_state: Any) -> Any:
 # the tracker
 
 
+def _ahead(start, previous):
+    """The next record's start block and memory, ``(3, dim)``: the top start vector extrapolated in time.
+
+    ``start`` is :attr:`TopEigenpair.next_start` (two unit rows), ``previous`` the last record's first row of
+    it. Along training the top eigenvector turns a little between records, mostly the same way as before, so
+    the first row moves on by its last change, ``2 p - p_previous`` (signs aligned), when the two are close
+    (``|cos| >= 0.9``); after a jump (a crossing, a sudden turn) it stays. Measured on
+    ``benchmarks/sharpness_bench.py``: most records then stop after the two products of the start block.
+    """
+    p = start[0]
+    cos = p @ previous
+    first = jnp.where(jnp.abs(cos) >= 0.9, 2 * p - jnp.sign(cos) * previous, p)
+    return jnp.stack([first, start[1], p])
+
+
 def _negated(op, v):
     return -op(v)
 
@@ -312,10 +377,12 @@ class Tracker:
         return curvature.hessian_operator(self.loss_fn, state.params, *args, batch_size=self.batch_size, wrt=self.wrt)
 
     def init(self, state) -> dict[str, jax.Array]:
-        """Random start vectors, one per tracked eigenvalue (so the first record is a cold start).
+        """Start blocks, one ``(3, dim)`` array per tracked eigenvalue: a random vector and two zero rows, so
+        the first record is a cold start (a single start vector: Lanczos).
 
-        Builds the operator once, which checks the loss, the parameters and the subset. ``jax.vmap`` it over
-        a stack of lanes.
+        Rows 0 and 1 are the next record's start block, row 2 the previous record's top vector (see
+        :func:`_ahead`). Builds the operator once, which checks the loss, the parameters and the subset.
+        ``jax.vmap`` it over a stack of lanes.
         """
         if self.batch_size is not None and state.model_state is not None:
             raise ValueError("batch_size needs data with a sample axis only; a stateful model passes its state too")
@@ -323,23 +390,26 @@ class Tracker:
         dtype = ravel_pytree(state.params)[0].dtype
         names = ["max", *(["min"] if self.smallest else []), *(["preconditioned"] if self.preconditioner else [])]
         keys = jax.random.split(self.key, len(names))
-        return {name: jax.random.normal(k, (dim,), dtype) for name, k in zip(names, keys, strict=True)}
+        return {
+            name: jnp.zeros((3, dim), dtype).at[0].set(jax.random.normal(k, (dim,), dtype))
+            for name, k in zip(names, keys, strict=True)
+        }
 
     def __call__(self, vectors: dict, state) -> tuple[dict, dict[str, jax.Array]]:
         """One record at ``state`` (an ``fflab.train.TrainState`` view: the step's parameters, the optimiser
-        state after its update, the step number); returns the new start vectors and the records."""
+        state after its update, the step number); returns the new start blocks and the records."""
         matvec, dim = self.operator(state)
         dtype = vectors["max"].dtype
         # The primal work of the products (forward and backward pass on the subset) is shared by all of them.
-        op = hoisted(matvec, dim, dtype, (self.num_steps + 1) * dim * dtype.itemsize)
+        op = hoisted(matvec, dim, dtype, 2 * self.num_steps * dim * dtype.itemsize)
         solve = functools.partial(_top, num_steps=self.num_steps, max_matvecs=self.max_matvecs)
-        top = solve(op, vectors["max"], self.tol, jnp.zeros((), dtype))
-        new = {"max": top.next_start}
+        top = solve(op, vectors["max"][:2], self.tol, jnp.zeros((), dtype))
+        new = {"max": _ahead(top.next_start, vectors["max"][2])}
         records = {"sharpness": top.value, "sharpness_error": top.error}
         count = top.matvecs
         if self.smallest:
-            low = solve(Partial(_negated, op), vectors["min"], self.tol, jnp.abs(top.value))
-            new["min"], records["sharpness_min"] = low.next_start, -low.value
+            low = solve(Partial(_negated, op), vectors["min"][:2], self.tol, jnp.abs(top.value))
+            new["min"], records["sharpness_min"] = _ahead(low.next_start, vectors["min"][2]), -low.value
             count = count + low.matvecs
         if self.trace_probes:
             z = jax.random.rademacher(jax.random.fold_in(self.key, state.step), (self.trace_probes, dim), dtype)
@@ -350,9 +420,10 @@ class Tracker:
             p = p if self.wrt is None else self.wrt(p)
             inv_sqrt = 1 / jnp.sqrt(ravel_pytree(p)[0].astype(dtype))
             pre = solve(
-                Partial(_preconditioned, op, inv_sqrt), vectors["preconditioned"], self.tol, jnp.zeros((), dtype)
+                Partial(_preconditioned, op, inv_sqrt), vectors["preconditioned"][:2], self.tol, jnp.zeros((), dtype)
             )
-            new["preconditioned"], records["preconditioned_sharpness"] = pre.next_start, pre.value
+            new["preconditioned"] = _ahead(pre.next_start, vectors["preconditioned"][2])
+            records["preconditioned_sharpness"] = pre.value
             count = count + pre.matvecs
         records["sharpness_matvecs"] = count
         return new, records
@@ -379,14 +450,16 @@ def tracker(
     ``metrics.json``, one entry per record with ``monitor_step``) or to ``make_train_epoch(...,
     monitor=...)`` (``stats.records``). At each record, inside the compiled epoch, it takes the Hessian of
     ``loss_fn`` on ``data`` at the step's parameters and finds ``lambda_max`` with :func:`top_eigenpair`,
-    started from the previous record's :attr:`TopEigenpair.next_start` (its top eigenvector plus the next
-    direction of its basis): the first record is a cold start, later ones cost fewer Hessian-vector products
-    (``sharpness_matvecs``), about 0.4 of a cold start's in ``benchmarks/sharpness_bench.py``. Starting from
-    the top eigenvector alone costs fewer still, but its first error estimates see no second eigenvalue, so
-    some records stop short of the tolerance, and when the top two eigenvalues cross it can settle on the
-    second one. No warm start is safe against every crossing: one whose new top eigenvector is nearly
-    orthogonal to both previous directions is missed until the eigenvalues separate. Steps without a record
-    pay nothing (``lax.cond``).
+    started from a block of two: the previous record's :attr:`TopEigenpair.next_start` (its top two Ritz
+    vectors after a power step), with the top one extrapolated in time by its change since the record before
+    (:func:`_ahead`). The first record is a cold start (one random vector: Lanczos); later ones usually stop
+    after the block's two Hessian-vector products (``sharpness_matvecs``), where the cold start needs 7 to 16
+    in ``benchmarks/sharpness_bench.py``; more where the top eigenvector turns fast (early in training, where
+    the top two eigenvalues are close). The second vector keeps the error estimate honest (its gap is to the
+    second eigenvalue, not to a Rayleigh quotient of the bulk, which a single start vector would give) and
+    lets the record follow a crossing of the top two eigenvalues. No warm start is safe against every
+    crossing: one whose new top eigenvector is nearly orthogonal to both previous directions is missed until
+    the eigenvalues separate. Steps without a record pay nothing (``lax.cond``).
 
     Records (scalars): ``sharpness`` (``lambda_max``), ``sharpness_error`` (its estimated relative error),
     ``sharpness_matvecs`` (all products of the record), and as asked ``sharpness_min`` (``lambda_min``),
@@ -396,12 +469,13 @@ def tracker(
     beta1) eta)``.
 
     Cost: a record runs one forward and backward pass on ``data`` (shared by its products) and, per product,
-    about two gradients' worth of work on ``data`` plus two Gram-Schmidt passes over ``num_steps + 1``
-    vectors of the parameter count. Steps without a record run none of it, but the compiled epoch reserves
-    the record's temporaries (mostly that basis) on every call: on Linux, glibc serves allocations above 32 MB
-    with fresh memory maps, so once an epoch's temporaries cross that size each call pays page faults on its
-    training buffers too, which shows with one-step (full-batch) epochs. Keep ``num_steps`` small (the default
-    10 suffices for warm starts) or raise ``MALLOC_MMAP_THRESHOLD_`` in the environment.
+    about two gradients' worth of work on ``data`` plus a few passes over a basis of ``num_steps`` vectors of
+    the parameter count and their images (two such arrays). Steps without a record run none of it, but the
+    compiled epoch reserves the record's temporaries (mostly those two arrays) on every call: on Linux, glibc
+    serves allocations above 32 MB with fresh memory maps, so once an epoch's temporaries cross that size each
+    call pays page faults on its training buffers too, which shows with one-step (full-batch) epochs. Keep
+    ``num_steps`` small (the default 10 suffices for warm starts) or raise ``MALLOC_MMAP_THRESHOLD_`` in the
+    environment.
 
     Args:
         loss_fn: the training loss ``loss_fn(params, *data) -> scalar`` (for a stateful model the frozen one,

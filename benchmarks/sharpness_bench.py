@@ -3,9 +3,10 @@
 Two numbers, measured in one run:
 
 1. **Warm against cold.** Each record of :func:`analysis.sharpness.tracker` after the first runs
-   :func:`analysis.sharpness.top_eigenpair` from the previous record's ``next_start`` (its top eigenvector
-   plus the next direction of its basis). At the same parameters, data subset and tolerance, a cold start
-   from a random vector needs how many Hessian-vector products? Target: every warm record after the first
+   :func:`analysis.sharpness.top_eigenpair` from a start block of two: the previous record's ``next_start``
+   (its top two Ritz vectors after a power step), the top one extrapolated by its change since the record
+   before. At the same parameters, data subset and tolerance, a cold start from a random vector needs how many
+   Hessian-vector products? Target: every warm record after the first
    uses at most a third of the cold start's products.
    Both are checked against a reference (the cold answer continued to tol 1e-6): a record that stops early
    on an optimistic error estimate would look cheap, so the share of records within the tolerance is printed.
