@@ -52,12 +52,13 @@ class Config:
     subset: int = 1000  # images the sharpness is measured on (the same fixed subset throughout)
     sgd_batch: int = 32  # "small batches": SGD at the largest eta
     final: float = 1 / 3  # "the last part of training": the last third of the steps
+    checked: int = 4  # records of that part checked against a cold analysis.eigsh, for each eta
     seed: int = 0
     dtype: str = "float32"
 
 
 QUICK = Config(dataset="digits", samples=1000, hidden=(64, 64), etas=(2 / 9, 2 / 11, 2 / 13), steps=1800, every=25,
-               subset=500)
+               subset=500, checked=2)
 FULL = Config(pool=2)
 
 
@@ -77,20 +78,41 @@ def load(config: Config):
     return jnp.asarray(x, config.dtype), jnp.asarray(np.eye(ds.num_classes)[y], config.dtype)
 
 
-def gradient_descent(etas, loss_fn, params, x, targets, tracker, steps: int):
+def gradient_descent(etas, loss_fn, params, x, targets, tracker, steps: int, keep=()):
     """Full-batch gradient descent at each of ``etas``, together: ``(final states, losses (steps, lanes),
-    records)`` with ``records[name]`` of shape ``(steps // every, lanes)`` at steps ``0, every, ...``."""
+    records, kept)`` with ``records[name]`` of shape ``(steps // every, lanes)`` at steps ``0, every, ...`` and
+    ``kept[step]`` the lanes' parameters at each step of ``keep`` (those its record measured)."""
     states = train.lanes(train.init_state(params, GD, jax.random.key(0)), learning_rate=list(etas))
     epoch = train.make_train_epoch(GD, loss_fn=loss_fn, batch_size=len(x), lanes=True, monitor=tracker,
                                    record_grad_norm=False)
-    watch, stats = jax.vmap(tracker.init)(states), []
-    for _ in range(steps):  # one step per epoch, no host sync in the loop
+    watch, stats, kept = jax.vmap(tracker.init)(states), [], {}
+    for step in range(steps):  # one step per epoch, no host sync in the loop
+        if step in keep:
+            kept[step] = states.params
         states, watch, s = epoch(states, watch, x, targets)
         stats.append(s)
     loss = np.concatenate([np.asarray(s.loss) for s in stats], axis=1).T
     records = {k: np.concatenate([np.asarray(s.records[k]) for s in stats[:: tracker.every]], axis=1).T
                for k in stats[0].records}
-    return states, loss, records
+    return states, loss, records, kept
+
+
+def reference_check(loss_fn, kept, data, records, record_steps, seed: int) -> dict:
+    """The tracked ``lambda_max`` at the kept steps against a cold :func:`analysis.eigsh` (4 pairs from a random
+    start, tol 1e-5) at the same parameters and subset, for each lane: an oracle that shares nothing with the
+    tracker's warm starts (a warm start that settles on the second eigenvalue would show here)."""
+    reference = []
+    for step, params in kept.items():
+        row = []
+        for lane in range(len(records[0])):
+            matvec, dim = analysis.hessian_operator(loss_fn, jax.tree.map(lambda a, i=lane: a[i], params), *data)
+            pairs = analysis.eigsh(matvec, dim, 4, tol=1e-5, key=jax.random.key(seed + step + lane))
+            row.append(float(np.max(np.asarray(pairs.eigenvalues))))
+        reference.append(row)
+    tracked = records[[list(record_steps).index(step) for step in kept]]
+    reference = np.asarray(reference)
+    return {"steps": list(kept), "reference": reference, "tracked": tracked,
+            "max_relative_difference": float(np.max(np.abs(tracked / reference - 1)))}
 
 
 def window(values, final: float):
@@ -136,6 +158,10 @@ def claims(r: dict, config: Config) -> tuple[list[dict], list[dict]]:
                       "oscillates)", r["tiny_example_limit"], abs(r["tiny_example_limit"] - 0.3425) < 1e-3),
         _common.check("every GD sharpness record converged (estimated relative error <= 1e-4)",
                       r["gd_sharpness_error_max"], r["gd_sharpness_error_max"] <= 1e-4),
+        _common.check(f"GD records at {len(r['gd_reference_check']['steps'])} steps of the last part, each eta, "
+                      "agree with a cold analysis.eigsh within 1e-4 (largest relative difference)",
+                      r["gd_reference_check"]["max_relative_difference"],
+                      r["gd_reference_check"]["max_relative_difference"] <= 1e-4),
     ]
 
 
@@ -147,9 +173,14 @@ def main(config: Config, out_dir) -> dict:
     tracker = sharpness.tracker(loss_fn, (x[: config.subset], targets[: config.subset]), every=config.every,
                                 key=jax.random.key(config.seed + 1))
 
-    # Full-batch gradient descent at each eta, all three in one compiled epoch.
-    _, gd_loss, rec = gradient_descent(config.etas, loss_fn, params, x, targets, tracker, config.steps)
+    # Full-batch gradient descent at each eta, all three in one compiled epoch; the parameters kept at a few
+    # records of the last part, evenly spaced, to check those records against a cold eigsh.
     steps = np.arange(0, config.steps, config.every)
+    last = window(steps, config.final)
+    keep = [int(s) for s in last[np.linspace(0, len(last) - 1, config.checked).round().astype(int)]]
+    _, gd_loss, rec, kept = gradient_descent(config.etas, loss_fn, params, x, targets, tracker, config.steps, keep)
+    subset = (x[: config.subset], targets[: config.subset])
+    check = reference_check(loss_fn, kept, subset, rec["sharpness"], steps, config.seed)
     gd = [edge_numbers(steps, rec["sharpness"][:, i], gd_loss[:, i], 2 / eta, config.final)
           for i, eta in enumerate(config.etas)]
 
@@ -168,7 +199,7 @@ def main(config: Config, out_dir) -> dict:
     results = {
         "etas": list(config.etas), "limits": [2 / e for e in config.etas], "record_steps": steps, "gd": gd,
         "gd_sharpness": rec["sharpness"].T, "gd_loss": gd_loss.T, "gd_matvecs": rec["sharpness_matvecs"].T,
-        "gd_sharpness_error_max": float(rec["sharpness_error"].max()),
+        "gd_sharpness_error_max": float(rec["sharpness_error"].max()), "gd_reference_check": check,
         "sgd": {"eta": eta, "batch": config.sgd_batch, "steps": sgd["monitor_step"], "sharpness": sgd["sharpness"],
                 "median_final": sgd_median, "ratio": sgd_median * eta / 2, "train_loss": sgd["train_loss"][-1]},
         "tiny_example_limit": tiny_limit,

@@ -102,6 +102,21 @@ def test_top_eigenpair_from_a_block_and_the_power_step():
         sharpness.top_eigenpair(matvec, jnp.ones((10, dim)), num_steps=10)
 
 
+def test_the_tracker_extrapolates_a_smooth_turn_and_not_a_jump():
+    # The top start vector moves on by its last change: for a turn by angle a per record, 2p - p_prev points at
+    # about angle 2a (to O(a^3)), whichever sign the previous vector had. After a jump (cos < 0.9) it stays.
+    a, e = 0.1, np.eye(5)
+    p, p_prev, second = np.cos(a) * e[0] + np.sin(a) * e[1], e[0], e[3]
+    for sign in (1, -1):
+        start = jnp.stack([jnp.asarray(p), jnp.asarray(second)])
+        block = np.asarray(sharpness._ahead(start, sign * jnp.asarray(p_prev)))
+        assert block.shape == (3, 5)
+        np.testing.assert_array_equal(block[1:], np.stack([second, p]))
+        assert abs(np.arctan2(block[0, 1], block[0, 0]) - 2 * a) < a**3
+    far = np.asarray(sharpness._ahead(jnp.stack([jnp.asarray(e[1]), jnp.asarray(second)]), jnp.asarray(p)))
+    np.testing.assert_array_equal(far[0], e[1])
+
+
 def test_top_eigenpair_budget_float32_and_validation():
     lam = np.linspace(0, 1, 60) ** 4
     matvec, dim = dense_operator(M.planted(lam, 0))

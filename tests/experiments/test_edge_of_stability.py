@@ -40,8 +40,13 @@ def test_gradient_descent_and_its_sharpness_against_a_hand_loop_and_dense_hessia
     etas, every, steps, sub = (0.5, 2.0), 2, 6, 25
     tracker = sharpness.tracker(loss_fn, (x[:sub], targets[:sub]), every=every, key=jax.random.key(1), tol=1e-8,
                                 num_steps=20)
-    _, loss, records = eos.gradient_descent(etas, loss_fn, params, x, targets, tracker, steps)
-    assert loss.shape == (steps, 2) and records["sharpness"].shape == (steps // every, 2)
+    _, loss, records, kept = eos.gradient_descent(etas, loss_fn, params, x, targets, tracker, steps, keep=(2, 4))
+    assert loss.shape == (steps, 2) and records["sharpness"].shape == (steps // every, 2) and sorted(kept) == [2, 4]
+    # The records at the kept steps against a cold eigsh at the kept parameters: the same top eigenvalue.
+    check = eos.reference_check(loss_fn, kept, (x[:sub], targets[:sub]), records["sharpness"],
+                                np.arange(0, steps, every), seed)
+    assert check["steps"] == [2, 4] and check["max_relative_difference"] < 1e-5
+    np.testing.assert_array_equal(check["tracked"], records["sharpness"][[1, 2]])
     flat, unravel = ravel_pytree(params)
     full = jax.jit(lambda f: loss_fn(unravel(f), x, targets))
     grad, hess = jax.jit(jax.grad(full)), jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), x[:sub], targets[:sub])))
@@ -52,6 +57,10 @@ def test_gradient_descent_and_its_sharpness_against_a_hand_loop_and_dense_hessia
             if t % every == 0:
                 top = np.linalg.eigvalsh(np.asarray(hess(w)))[-1]
                 assert records["sharpness"][t // every, lane] == pytest.approx(top, rel=1e-6)
+            if t in kept:
+                at = ravel_pytree(jax.tree.map(lambda a, i=lane: a[i], kept[t]))[0]
+                np.testing.assert_allclose(at, w, rtol=1e-12)
+                assert check["reference"][[2, 4].index(t), lane] == pytest.approx(top, rel=1e-8)
             w = w - eta * grad(w)
 
 
@@ -88,7 +97,8 @@ def _results(sharpening=4.0, edge=1.02, end=0.5, rising=0.2, sgd=0.6):
     gd = {"sharpening": sharpening, "edge_ratio": edge, "loss_window_start": 1.0, "loss_end": end,
           "rising_share": rising}
     return {"gd": [dict(gd), dict(gd, sharpening=6.0)], "sgd": {"batch": 32, "eta": 0.2, "ratio": sgd},
-            "tiny_example_limit": 0.34247, "gd_sharpness_error_max": 5e-5}
+            "tiny_example_limit": 0.34247, "gd_sharpness_error_max": 5e-5,
+            "gd_reference_check": {"steps": [1200, 1700], "max_relative_difference": 2e-5}}
 
 
 def test_claims_hold_and_each_fails_on_the_other_side():
@@ -106,7 +116,8 @@ def test_claims_hold_and_each_fails_on_the_other_side():
     assert not low[1]["holds"] and low[1]["margin"] == pytest.approx(-0.05 / 0.9)
     bad = copy.deepcopy(_results())
     bad.update(tiny_example_limit=0.25, gd_sharpness_error_max=1e-3)
-    assert not any(c["holds"] for c in eos.claims(bad, eos.QUICK)[1])
+    bad["gd_reference_check"]["max_relative_difference"] = 0.02  # a record on the second eigenvalue
+    assert len(eos.claims(bad, eos.QUICK)[1]) == 3 and not any(c["holds"] for c in eos.claims(bad, eos.QUICK)[1])
 
 
 @pytest.mark.slow  # ~35 s of CPU: 1,800 full-batch steps at three etas, and SGD, with the tracker
