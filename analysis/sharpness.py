@@ -178,9 +178,10 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
     j, count, basis, images, _, _, theta, vectors, error, residual, _, q = state
     top, second = vectors[:, -1], vectors[:, -2]
     u = top @ basis
-    # The next start: both Ritz vectors times (A - sigma), from the images already computed. sigma lies below
-    # every Ritz value and, with scale a bound of the spectral norm, below the spectrum, so the top pair's
-    # share grows and the bulk's shrinks. With one row there is no second Ritz pair: u and the residual.
+    # The next start: both Ritz vectors times (A - sigma), from the images already computed: the bulk's share
+    # shrinks against the top pair's. sigma lies below every Ritz value; where scale bounds the spectral norm
+    # (the lambda_min solve of -A passes |lambda_max|) it lies below the whole spectrum, so no part of the
+    # spectrum grows faster than the top. With one row there is no second Ritz pair: u and the residual.
     sigma = jnp.minimum(theta[m - j], 0) - scale
     two = j >= 2
     ahead = jnp.stack(
