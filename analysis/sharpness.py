@@ -113,7 +113,7 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
         usable = usable.at[i].set(ok)
 
     def step(state):
-        j, count, basis, images, proj, pending, _, _, _, _, _, _ = state
+        j, count, basis, images, proj, pending, _, _, _, _, _ = state
         basis = basis.at[j].set(pending)
         images = images.at[j].set(matvec(pending).astype(dtype))
         h = basis @ images[j]  # column j of the projected matrix (rows past j are zero)
@@ -142,18 +142,18 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
         q = q / jnp.maximum(jnp.linalg.norm(q), tiny)
         after = jnp.minimum(j + 1, m - 1)
         pending = jnp.where((j + 1 < b) & usable[after], basis[after], q)
-        return j + 1, count + 1, basis, images, proj, pending, theta, vectors, error / size, norm_r / size, done, q
+        return j + 1, count + 1, basis, images, proj, pending, theta, vectors, error / size, norm_r / size, done
 
     def restart(state):  # on the top `keep` Ritz pairs [Wu & Simon 2000]; their images are exact combinations
-        j, count, basis, images, proj, pending, theta, vectors, error, residual, done, q = state
+        j, count, basis, images, proj, pending, theta, vectors, error, residual, done = state
         top = vectors[:, ::-1][:, :keep].T
         basis = basis.at[keep:].set(0).at[:keep].set(top @ basis)
         images = images.at[keep:].set(0).at[:keep].set(top @ images)
         proj = jnp.zeros_like(proj).at[:keep, :keep].set(jnp.diag(theta[::-1][:keep]))
         vectors = jnp.eye(m, dtype=dtype)[:, ::-1]  # the kept pairs in the new basis, in eigh's ascending order
-        pending, _ = orthogonalise(q, basis)
+        pending, _ = orthogonalise(pending, basis)  # the residual direction (a full basis holds the whole block)
         pending = pending / jnp.maximum(jnp.linalg.norm(pending), tiny)
-        return jnp.asarray(keep, j.dtype), count, basis, images, proj, pending, theta, vectors, error, residual, done, q
+        return jnp.asarray(keep, j.dtype), count, basis, images, proj, pending, theta, vectors, error, residual, done
 
     def cycle(state):
         more = lambda s: ~s[10] & (s[0] < m) & (s[1] < max_matvecs)  # noqa: E731
@@ -172,10 +172,10 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
         jnp.asarray(jnp.inf, dtype),
         jnp.asarray(jnp.inf, dtype),
         jnp.asarray(False),
-        jnp.zeros((dim,), dtype),
     )
     state = lax.while_loop(lambda s: ~s[10] & (s[1] < max_matvecs), cycle, state)
-    j, count, basis, images, _, _, theta, vectors, error, residual, _, q = state
+    # pending: the next vector to apply, past the start block the top residual's direction.
+    j, count, basis, images, _, pending, theta, vectors, error, residual, _ = state
     top, second = vectors[:, -1], vectors[:, -2]
     u = top @ basis
     # The next start: both Ritz vectors times (A - sigma), from the images already computed: the bulk's share
@@ -187,17 +187,21 @@ def _top(matvec, v0, tol, scale, num_steps: int, max_matvecs) -> TopEigenpair:
     ahead = jnp.stack(
         [
             jnp.where(two, top @ images - sigma * u, u),
-            jnp.where(two, second @ images - sigma * (second @ basis), q),
+            jnp.where(two, second @ images - sigma * (second @ basis), pending),
         ]
     )
     ahead = ahead / jnp.maximum(jnp.linalg.norm(ahead, axis=1, keepdims=True), tiny)
     return TopEigenpair(theta[-1], u, error, residual, count, ahead)
 
 
+def _hoisted(matvec, dim: int, dtype, num_steps: int):
+    """``matvec`` hoisted (:func:`analysis._linalg.hoisted`) within the memory of the basis and its images."""
+    return hoisted(matvec, dim, dtype, 2 * num_steps * dim * jnp.dtype(dtype).itemsize)
+
+
 @functools.partial(jax.jit, static_argnums=4)  # the budget is an argument: every budget shares the program
 def _top_jit(matvec, v0, tol, scale, num_steps, max_matvecs):
-    dim = v0.shape[1]
-    op = hoisted(matvec, dim, v0.dtype, 2 * num_steps * dim * v0.dtype.itemsize)
+    op = _hoisted(matvec, v0.shape[1], v0.dtype, num_steps)
     return _top(op, v0, tol, scale, num_steps, max_matvecs)
 
 
@@ -402,7 +406,7 @@ class Tracker:
         matvec, dim = self.operator(state)
         dtype = vectors["max"].dtype
         # The primal work of the products (forward and backward pass on the subset) is shared by all of them.
-        op = hoisted(matvec, dim, dtype, 2 * self.num_steps * dim * dtype.itemsize)
+        op = _hoisted(matvec, dim, dtype, self.num_steps)
         solve = functools.partial(_top, num_steps=self.num_steps, max_matvecs=self.max_matvecs)
         top = solve(op, vectors["max"][:2], self.tol, jnp.zeros((), dtype))
         new = {"max": _ahead(top.next_start, vectors["max"][2])}

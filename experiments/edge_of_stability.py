@@ -170,8 +170,8 @@ def main(config: Config, out_dir) -> dict:
     loss_fn = functools.partial(squared_loss, activation=config.activation)
     sizes = [x.shape[1], *config.hidden, targets.shape[1]]
     params = mlp.init(jax.random.key(config.seed), sizes, init=config.init, dtype=config.dtype)
-    tracker = sharpness.tracker(loss_fn, (x[: config.subset], targets[: config.subset]), every=config.every,
-                                key=jax.random.key(config.seed + 1))
+    subset = (x[: config.subset], targets[: config.subset])  # the sharpness is measured on it
+    tracker = sharpness.tracker(loss_fn, subset, every=config.every, key=jax.random.key(config.seed + 1))
 
     # Full-batch gradient descent at each eta, all three in one compiled epoch; the parameters kept at a few
     # records of the last part, evenly spaced, to check those records against a cold eigsh.
@@ -179,7 +179,6 @@ def main(config: Config, out_dir) -> dict:
     last = window(steps, config.final)
     keep = [int(s) for s in last[np.linspace(0, len(last) - 1, config.checked).round().astype(int)]]
     _, gd_loss, rec, kept = gradient_descent(config.etas, loss_fn, params, x, targets, tracker, config.steps, keep)
-    subset = (x[: config.subset], targets[: config.subset])
     check = reference_check(loss_fn, kept, subset, rec["sharpness"], steps, config.seed)
     gd = [edge_numbers(steps, rec["sharpness"][:, i], gd_loss[:, i], 2 / eta, config.final)
           for i, eta in enumerate(config.etas)]
