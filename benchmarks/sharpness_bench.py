@@ -136,10 +136,16 @@ def run(args) -> dict:
         {k: h[k][i] for k in ("monitor_step", "sharpness", "sharpness_matvecs")} for i in range(len(h["monitor_step"]))
     ]
 
-    # Cold starts at the same parameters, subset and tolerance, from random vectors.
-    cold = []
+    # Cold starts at the same parameters, subset and tolerance, from random vectors. And the least each start
+    # can cost: the fewest products after which its top Ritz value is within tol of the reference, a stopping
+    # rule that knew the answer (no error estimate can stop sooner). For the warm records the tracker's start
+    # blocks are replayed outside training, record by record from the snapshots (the same function of the same
+    # parameters; its counts are printed beside the trained ones).
+    record = jax.jit(lambda trk, vectors, state: trk(vectors, state))
+    cold, vectors, replayed, fewest_warm, fewest_cold = [], None, [], [], []
     for i, r in enumerate(records):
-        matvec, dim = curvature.hessian_operator(loss_fn, snapshots[r["monitor_step"]], xs, ys)
+        params_i = snapshots[r["monitor_step"]]
+        matvec, dim = curvature.hessian_operator(loss_fn, params_i, xs, ys)
         v0 = jax.random.normal(jax.random.key(100 + i), (dim,), jnp.float32)
         pair = sharpness.top_eigenpair(
             matvec, v0, tol=args.tol, num_steps=tracker.num_steps, max_matvecs=tracker.max_matvecs
@@ -148,21 +154,11 @@ def run(args) -> dict:
         ref = sharpness.top_eigenpair(matvec, pair.vector, tol=1e-6, num_steps=tracker.num_steps, max_matvecs=1000)
         cold.append({"value": float(pair.value), "matvecs": int(pair.matvecs), "error": float(pair.error),
                      "reference": float(ref.value)})
-
-    # The least a start can cost: the fewest products after which its top Ritz value is within tol of the
-    # reference, a stopping rule that knew the answer (no error estimate can stop sooner). For the warm records
-    # the tracker's start blocks are replayed outside training, record by record from the snapshots (the same
-    # function of the same parameters; its counts are printed beside the trained ones).
-    record = jax.jit(lambda trk, vectors, state: trk(vectors, state))
-    vectors, replayed, fewest_warm, fewest_cold = None, [], [], []
-    for i, (r, c) in enumerate(zip(records, cold, strict=True)):
-        state = train.init_state(snapshots[r["monitor_step"]], opt, jax.random.key(2))
+        fewest_cold.append(fewest(matvec, v0, float(ref.value), args.tol, tracker.num_steps))
+        state = train.init_state(params_i, opt, jax.random.key(2))
         if r["monitor_step"] in (0, half):  # each fit call's first record is cold
             vectors = tracker.init(state)
-        matvec, dim = curvature.hessian_operator(loss_fn, snapshots[r["monitor_step"]], xs, ys)
-        fewest_warm.append(fewest(matvec, vectors["max"][:2], c["reference"], args.tol, tracker.num_steps))
-        v0 = jax.random.normal(jax.random.key(100 + i), (dim,), jnp.float32)
-        fewest_cold.append(fewest(matvec, v0, c["reference"], args.tol, tracker.num_steps))
+        fewest_warm.append(fewest(matvec, vectors["max"][:2], float(ref.value), args.tol, tracker.num_steps))
         vectors, out = record(tracker, vectors, state)
         replayed.append(int(out["sharpness_matvecs"]))
 
@@ -170,7 +166,7 @@ def run(args) -> dict:
     cold_counts = np.array([c["matvecs"] for c in cold])
     warm = np.array([r["monitor_step"] not in (0, half) for r in records])  # records that start warm
     ratios = warm_counts[warm] / cold_counts[warm]
-    out_steps = [r["monitor_step"] for r in records]
+    steps = [r["monitor_step"] for r in records]
     lam = np.array([r["sharpness"] for r in records])
     # Actual relative errors against the reference: does each record meet the tolerance it claims?
     reference = np.array([c["reference"] for c in cold])
@@ -213,7 +209,7 @@ def run(args) -> dict:
         "overhead_holds": bool(overhead <= OVERHEAD_TARGET),
         "cpu_seconds_per_record": (cpu["tracked"] - cpu["plain"]) / len(records),
         "cpu_seconds_per_step": cpu["plain"] / args.steps,
-        "steps": [r["monitor_step"] for r in records],
+        "steps": steps,
         "sharpness": [r["sharpness"] for r in records],
         "cold_sharpness": [c["value"] for c in cold],
         "warm_matvecs": warm_counts.tolist(),
@@ -230,7 +226,7 @@ def run(args) -> dict:
         "fewest_cold_matvecs": fewest_cold,
         "fewest_warm_over_cold_median": float(np.median(least)),
         "fewest_warm_within_target": float(np.mean(least <= WARM_TARGET)),
-        "unreachable_steps": [int(s) for s in np.array(out_steps)[warm][least > WARM_TARGET]],
+        "unreachable_steps": [int(s) for s in np.array(steps)[warm][least > WARM_TARGET]],
         "reference_sharpness": reference.tolist(),
         "warm_error_max": float(warm_errors.max()),
         "warm_error_median": float(np.median(warm_errors)),

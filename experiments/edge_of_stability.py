@@ -105,7 +105,7 @@ def reference_check(loss_fn, kept, data, records, record_steps, seed: int) -> di
     for step, params in kept.items():
         row = []
         for lane in range(len(records[0])):
-            matvec, dim = analysis.hessian_operator(loss_fn, jax.tree.map(lambda a, i=lane: a[i], params), *data)
+            matvec, dim = analysis.hessian_operator(loss_fn, train.lane(params, lane), *data)
             pairs = analysis.eigsh(matvec, dim, 4, tol=1e-5, key=jax.random.key(seed + step + lane))
             row.append(float(np.max(np.asarray(pairs.eigenvalues))))
         reference.append(row)

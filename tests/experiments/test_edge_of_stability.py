@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from analysis import sharpness
 from experiments import edge_of_stability as eos
-from fflab import data, mlp
+from fflab import data, mlp, train
 
 LOSS = functools.partial(eos.squared_loss, activation="tanh")  # one object: the compiled epochs are reused
 
@@ -58,7 +58,7 @@ def test_gradient_descent_and_its_sharpness_against_a_hand_loop_and_dense_hessia
                 top = np.linalg.eigvalsh(np.asarray(hess(w)))[-1]
                 assert records["sharpness"][t // every, lane] == pytest.approx(top, rel=1e-6)
             if t in kept:
-                at = ravel_pytree(jax.tree.map(lambda a, i=lane: a[i], kept[t]))[0]
+                at = ravel_pytree(train.lane(kept[t], lane))[0]
                 np.testing.assert_allclose(at, w, rtol=1e-12)
                 assert check["reference"][[2, 4].index(t), lane] == pytest.approx(top, rel=1e-8)
             w = w - eta * grad(w)
